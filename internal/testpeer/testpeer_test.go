@@ -168,3 +168,23 @@ func (basicAuth) RequireTransportSecurity() bool { return false }
 func base64Std(s string) string {
 	return base64.StdEncoding.EncodeToString([]byte(s))
 }
+
+func TestStartBazelRemoteHtpasswd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts bazel-remote")
+	}
+	cache := StartBazelRemote(t, WithBazelRemoteHtpasswd("carol", "secret-3"))
+	blob := []byte("testpeer blob behind basic auth")
+	hash := hexSHA256(blob)
+
+	putCAS(t, cache, hash, blob)
+
+	if missing := findMissing(t, cache, hash, int64(len(blob))); missing {
+		t.Errorf("FindMissingBlobs with credentials reports blob %s missing", hash)
+	}
+	unauthenticated := *cache
+	unauthenticated.User, unauthenticated.Password = "", ""
+	if status := getCASStatus(t, &unauthenticated, hash); status != http.StatusUnauthorized {
+		t.Errorf("GET /cas/%s without credentials status = %d, want 401", hash, status)
+	}
+}

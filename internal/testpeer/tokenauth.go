@@ -11,8 +11,10 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -92,9 +94,13 @@ func StartTokenServer(t testing.TB, user, password string) *TokenServer {
 	return ts
 }
 
-// Realm returns the token endpoint URL (auth.token.realm).
+// Realm returns the token endpoint URL (auth.token.realm), "http://localhost:P/token". The
+// server listens on 127.0.0.1, but the realm names it localhost because go-containerregistry
+// v0.22.1 rejects a realm whose host is a loopback or private IP literal unless it equals the
+// registry's host:port, and it does not resolve names for that check.
 func (ts *TokenServer) Realm() string {
-	return ts.server.URL + "/token"
+	port := ts.server.Listener.Addr().(*net.TCPAddr).Port
+	return "http://localhost:" + strconv.Itoa(port) + "/token"
 }
 
 // CertificatePEM returns the signing certificate for auth.token.rootcertbundle.
