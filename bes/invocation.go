@@ -1,0 +1,106 @@
+package bes
+
+import (
+	"strings"
+	"sync"
+	"time"
+
+	bep "github.com/rulesimg/img/proto/buildeventstream"
+)
+
+// invocation is what the server remembers of one Bazel invocation while its event
+// stream is open. Bazel sends a NamedSetOfFiles or TargetConfigured event once and
+// refers to it later, and a retried stream resends only the events not yet
+// acknowledged, so this state outlives a single stream RPC.
+//
+// NOTE: the state lives in memory. If the server restarts in the middle of a build,
+// the retried stream refers to file sets that the new process never saw; the server
+// then records the push as failed with an error that says so, instead of pushing.
+type invocation struct {
+	id string
+
+	// mu serializes the events of one invocation: Bazel sends them on one stream, but a
+	// retried stream can overlap the dying one.
+	mu sync.Mutex
+
+	// lastSequence is the highest processed sequence number per stream component; an
+	// event at or below it is a replay.
+	lastSequence map[int32]int64
+	kinds        map[string]string
+	namedSets    map[string]*bep.NamedSetOfFiles
+
+	started      time.Time
+	lastEvent    time.Time
+	command      string
+	bazelVersion string
+	finished     bool
+	exitCode     string
+	streamDone   bool
+}
+
+func newInvocation(id string) *invocation {
+	return &invocation{
+		id:           id,
+		lastSequence: map[int32]int64{},
+		kinds:        map[string]string{},
+		namedSets:    map[string]*bep.NamedSetOfFiles{},
+		lastEvent:    time.Now(),
+	}
+}
+
+// pushFile is one file of a push target's push request output group.
+type pushFile struct {
+	name     string
+	uri      string
+	contents []byte
+}
+
+// resolveFiles returns the files of the named sets ids and all sets nested in them,
+// each file once, and the ids of sets that were never received.
+func (inv *invocation) resolveFiles(ids []*bep.BuildEventId_NamedSetOfFilesId) ([]pushFile, []string) {
+	var files []pushFile
+	var missing []string
+	seenSets := map[string]bool{}
+	seenFiles := map[string]bool{}
+
+	stack := make([]string, 0, len(ids))
+	for i := len(ids) - 1; i >= 0; i-- {
+		stack = append(stack, ids[i].GetId())
+	}
+
+	for len(stack) > 0 {
+		id := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if seenSets[id] {
+			continue
+		}
+		seenSets[id] = true
+
+		set, ok := inv.namedSets[id]
+		if !ok {
+			missing = append(missing, id)
+			continue
+		}
+
+		for _, file := range set.GetFiles() {
+			key := fileKey(file)
+			if seenFiles[key] {
+				continue
+			}
+			seenFiles[key] = true
+			files = append(files, pushFile{name: key, uri: file.GetUri(), contents: file.GetContents()})
+		}
+		nested := set.GetFileSets()
+		for i := len(nested) - 1; i >= 0; i-- {
+			stack = append(stack, nested[i].GetId())
+		}
+	}
+	return files, missing
+}
+
+// fileKey is a file's path below the execution root, for example
+// bazel-out/k8-fastbuild/bin/app/push.push_request.json.
+func fileKey(file *bep.File) string {
+	parts := append(append([]string{}, file.GetPathPrefix()...), file.GetName())
+	return strings.Join(parts, "/")
+}

@@ -1,0 +1,451 @@
+// Package bes is a Build Event Service backend that pushes images as a side effect of
+// `bazel build`. Bazel streams its build events to the server (--bes_backend); the
+// server finds completed push targets, stores a push job durably before it
+// acknowledges the event, and pushes in the background with a bounded worker pool.
+// Results are visible per invocation on an HTTP page, a JSON API and Prometheus metrics.
+package bes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	buildpb "google.golang.org/genproto/googleapis/devtools/build/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	bep "github.com/rulesimg/img/proto/buildeventstream"
+)
+
+// CommitMode says when a tool event stream RPC returns.
+type CommitMode string
+
+const (
+	// CommitBackground returns as soon as Bazel closes the stream; pushes go on after
+	// the build.
+	CommitBackground CommitMode = "background"
+	// CommitPerStream returns only when every push of the invocation is final, and
+	// returns an error if one failed, so that `bazel build` fails visibly.
+	CommitPerStream CommitMode = "per-stream"
+)
+
+// ParseCommitMode checks a --commit-mode value.
+func ParseCommitMode(value string) (CommitMode, error) {
+	switch mode := CommitMode(value); mode {
+	case CommitBackground, CommitPerStream:
+		return mode, nil
+	}
+	return "", fmt.Errorf("invalid commit mode %q; use %q or %q", value, CommitBackground, CommitPerStream)
+}
+
+// Defaults for ServerOptions.
+const (
+	// DefaultPushKind is the target kind that Bazel reports in TargetConfigured for a
+	// Starlark rule named image_push (checked with Bazel 4.2.3).
+	DefaultPushKind = "image_push rule"
+	// PushRequestOutputGroup is the output group that holds a push target's push
+	// request file, <name>.push_request.json.
+	PushRequestOutputGroup = "img_push_request"
+)
+
+// ServerOptions configure a Server. Zero fields take the defaults in parentheses.
+type ServerOptions struct {
+	// PushKinds are the target kinds of push rules ([DefaultPushKind]).
+	PushKinds []string
+	// CommitMode is CommitBackground or CommitPerStream (CommitBackground).
+	CommitMode CommitMode
+	// ResultsURL is the base URL of the results page, for example
+	// http://127.0.0.1:8081/invocation/; errors in per-stream mode link to it.
+	ResultsURL string
+	// IdleInvocationTTL is how long the event state of an invocation whose stream did
+	// not finish is kept after its last event (1h).
+	IdleInvocationTTL time.Duration
+
+	Logger  *slog.Logger
+	Metrics *Metrics
+}
+
+// Server implements google.devtools.build.v1.PublishBuildEvent.
+type Server struct {
+	buildpb.UnimplementedPublishBuildEventServer
+
+	queue   *Queue
+	opts    ServerOptions
+	log     *slog.Logger
+	metrics *Metrics
+
+	mu          sync.Mutex
+	invocations map[string]*invocation
+}
+
+// NewServer creates a server that puts push jobs on queue. Register it on a gRPC server
+// with buildpb.RegisterPublishBuildEventServer.
+func NewServer(queue *Queue, opts ServerOptions) *Server {
+	if len(opts.PushKinds) == 0 {
+		opts.PushKinds = []string{DefaultPushKind}
+	}
+	if opts.CommitMode == "" {
+		opts.CommitMode = CommitBackground
+	}
+	if opts.IdleInvocationTTL <= 0 {
+		opts.IdleInvocationTTL = time.Hour
+	}
+	if opts.Logger == nil {
+		opts.Logger = queue.log
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = queue.metrics
+	}
+	return &Server{
+		queue:       queue,
+		opts:        opts,
+		log:         opts.Logger,
+		metrics:     opts.Metrics,
+		invocations: map[string]*invocation{},
+	}
+}
+
+// PublishLifecycleEvent acknowledges a lifecycle event. The server needs nothing from
+// them: the tool event stream carries everything it reads.
+func (s *Server) PublishLifecycleEvent(ctx context.Context, req *buildpb.PublishLifecycleEventRequest) (*emptypb.Empty, error) {
+	streamID := req.GetBuildEvent().GetStreamId()
+	s.log.Debug("lifecycle event", "invocation_id", streamID.GetInvocationId(), "build_id", streamID.GetBuildId(),
+		"sequence_number", req.GetBuildEvent().GetSequenceNumber(), "type", lifecycleType(req.GetBuildEvent().GetEvent()))
+	return &emptypb.Empty{}, nil
+}
+
+func lifecycleType(event *buildpb.BuildEvent) string {
+	switch event.GetEvent().(type) {
+	case *buildpb.BuildEvent_BuildEnqueued_:
+		return "build_enqueued"
+	case *buildpb.BuildEvent_BuildFinished_:
+		return "build_finished"
+	case *buildpb.BuildEvent_InvocationAttemptStarted_:
+		return "invocation_attempt_started"
+	case *buildpb.BuildEvent_InvocationAttemptFinished_:
+		return "invocation_attempt_finished"
+	}
+	return "other"
+}
+
+// PublishBuildToolEventStream acknowledges every event in order, after storing any push
+// job the event creates. In per-stream commit mode it returns only once the
+// invocation's pushes are final.
+func (s *Server) PublishBuildToolEventStream(stream buildpb.PublishBuildEvent_PublishBuildToolEventStreamServer) error {
+	s.metrics.streams.Inc()
+	defer s.metrics.streams.Dec()
+
+	err := s.serveStream(stream)
+	if err != nil {
+		s.metrics.streamErrors.WithLabelValues(status.Code(err).String()).Inc()
+	}
+	return err
+}
+
+func (s *Server) serveStream(stream buildpb.PublishBuildEvent_PublishBuildToolEventStreamServer) error {
+	var inv *invocation
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			if inv != nil {
+				s.log.Info("build event stream ended early; Bazel retries it with the events not yet acknowledged", "invocation_id", inv.id, "error", err)
+			}
+			return err
+		}
+
+		received := time.Now()
+		ordered := req.GetOrderedBuildEvent()
+		streamID := ordered.GetStreamId()
+		if streamID.GetInvocationId() == "" {
+			return status.Error(codes.InvalidArgument, "build event has no stream id with an invocation id; the client must set ordered_build_event.stream_id")
+		}
+		if inv == nil || inv.id != streamID.GetInvocationId() {
+			inv = s.invocation(streamID.GetInvocationId())
+		}
+
+		if err := s.handle(inv, ordered); err != nil {
+			return err
+		}
+
+		err = stream.Send(&buildpb.PublishBuildToolEventStreamResponse{
+			StreamId:       streamID,
+			SequenceNumber: ordered.GetSequenceNumber(),
+		})
+		if err != nil {
+			return err
+		}
+		s.metrics.ackSeconds.Observe(time.Since(received).Seconds())
+	}
+
+	if inv == nil {
+		return nil
+	}
+	return s.finishStream(stream.Context(), inv)
+}
+
+// finishStream runs when Bazel closes the stream: it forgets the event state of a
+// finished invocation and, in per-stream mode, waits for its pushes.
+func (s *Server) finishStream(ctx context.Context, inv *invocation) error {
+	inv.mu.Lock()
+	done := inv.streamDone
+	inv.mu.Unlock()
+	if done {
+		s.forget(inv.id)
+	}
+
+	if s.opts.CommitMode != CommitPerStream {
+		return nil
+	}
+
+	jobs, err := s.queue.Wait(ctx, inv.id)
+	if err != nil {
+		return status.Errorf(codes.Canceled, "waiting for the pushes of invocation %s: %v", inv.id, err)
+	}
+
+	var failed []string
+	for _, job := range jobs {
+		if job.State == StateFailed {
+			failed = append(failed, fmt.Sprintf("%s: %s", job.Label, job.Error))
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+
+	message := fmt.Sprintf("img bes: %d of %d pushes failed: %s", len(failed), len(jobs), strings.Join(failed, "; "))
+	if s.opts.ResultsURL != "" {
+		message += "; details at " + s.opts.ResultsURL + inv.id
+	}
+	return status.Error(codes.FailedPrecondition, message)
+}
+
+// invocation returns the state of invocation id, creating it, and drops the state of
+// invocations that have been idle longer than IdleInvocationTTL.
+func (s *Server) invocation(id string) *invocation {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	if inv, ok := s.invocations[id]; ok {
+		return inv
+	}
+
+	now := time.Now()
+	for otherID, other := range s.invocations {
+		other.mu.Lock()
+		idle := now.Sub(other.lastEvent)
+		other.mu.Unlock()
+		if idle > s.opts.IdleInvocationTTL {
+			s.log.Info("dropping event state of an idle invocation", "invocation_id", otherID, "idle", idle)
+			delete(s.invocations, otherID)
+		}
+	}
+
+	inv := newInvocation(id)
+	s.invocations[id] = inv
+	return inv
+}
+
+func (s *Server) forget(id string) {
+	s.mu.Lock()
+	delete(s.invocations, id)
+	s.mu.Unlock()
+}
+
+// InvocationInfo is what the server knows of an invocation from its events, for the
+// results page. It is empty once the invocation's stream has finished.
+type InvocationInfo struct {
+	Command      string    `json:"command,omitempty"`
+	BazelVersion string    `json:"bazel_version,omitempty"`
+	Started      time.Time `json:"started,omitzero"`
+	Finished     bool      `json:"finished"`
+	ExitCode     string    `json:"exit_code,omitempty"`
+}
+
+func (s *Server) invocationInfo(id string) (InvocationInfo, bool) {
+	s.mu.Lock()
+	inv, ok := s.invocations[id]
+	s.mu.Unlock()
+	if !ok {
+		return InvocationInfo{}, false
+	}
+
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	return InvocationInfo{
+		Command:      inv.command,
+		BazelVersion: inv.bazelVersion,
+		Started:      inv.started,
+		Finished:     inv.finished,
+		ExitCode:     inv.exitCode,
+	}, true
+}
+
+// handle processes one ordered event of inv. It returns an error only when a push job
+// could not be stored; the event is then not acknowledged and Bazel resends it.
+func (s *Server) handle(inv *invocation, ordered *buildpb.OrderedBuildEvent) error {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+
+	inv.lastEvent = time.Now()
+	component := int32(ordered.GetStreamId().GetComponent())
+	sequence := ordered.GetSequenceNumber()
+	if last, ok := inv.lastSequence[component]; ok && sequence <= last {
+		s.metrics.replayedEvent.Inc()
+		s.log.Debug("build event replayed; acknowledging it again", "invocation_id", inv.id, "sequence_number", sequence)
+		return nil
+	}
+
+	event := ordered.GetEvent()
+	switch payload := event.GetEvent().(type) {
+	case *buildpb.BuildEvent_ComponentStreamFinished:
+		s.metrics.events.WithLabelValues("component_stream_finished").Inc()
+		inv.streamDone = true
+
+	case *buildpb.BuildEvent_BazelEvent:
+		var bazelEvent bep.BuildEvent
+		if err := payload.BazelEvent.UnmarshalTo(&bazelEvent); err != nil {
+			// A build event that cannot be read must not fail the build: the server
+			// logs it and goes on.
+			s.metrics.events.WithLabelValues("malformed").Inc()
+			s.log.Warn("skipping a build event that cannot be decoded", "invocation_id", inv.id,
+				"sequence_number", sequence, "type_url", payload.BazelEvent.GetTypeUrl(), "error", err)
+			break
+		}
+		if err := s.handleBazelEvent(inv, ordered.GetStreamId(), &bazelEvent); err != nil {
+			return err
+		}
+
+	default:
+		s.metrics.events.WithLabelValues("other").Inc()
+	}
+
+	inv.lastSequence[component] = sequence
+	return nil
+}
+
+func (s *Server) handleBazelEvent(inv *invocation, streamID *buildpb.StreamId, event *bep.BuildEvent) error {
+	id := event.GetId()
+	switch payload := event.GetPayload().(type) {
+	case *bep.BuildEvent_Started:
+		s.metrics.events.WithLabelValues("started").Inc()
+		started := payload.Started
+		inv.command = started.GetCommand()
+		inv.bazelVersion = started.GetBuildToolVersion()
+		inv.started = time.UnixMilli(started.GetStartTimeMillis()).UTC()
+		s.log.Info("build started", "invocation_id", inv.id, "command", inv.command, "bazel_version", inv.bazelVersion)
+
+	case *bep.BuildEvent_Configured:
+		s.metrics.events.WithLabelValues("target_configured").Inc()
+		inv.kinds[id.GetTargetConfigured().GetLabel()] = payload.Configured.GetTargetKind()
+
+	case *bep.BuildEvent_NamedSetOfFiles:
+		s.metrics.events.WithLabelValues("named_set_of_files").Inc()
+		inv.namedSets[id.GetNamedSet().GetId()] = payload.NamedSetOfFiles
+
+	case *bep.BuildEvent_Completed:
+		s.metrics.events.WithLabelValues("target_completed").Inc()
+		return s.targetCompleted(inv, streamID, id.GetTargetCompleted(), payload.Completed)
+
+	case *bep.BuildEvent_Finished:
+		s.metrics.events.WithLabelValues("build_finished").Inc()
+		inv.finished = true
+		inv.exitCode = payload.Finished.GetExitCode().GetName()
+		s.log.Info("build finished", "invocation_id", inv.id, "exit_code", inv.exitCode)
+
+	default:
+		s.metrics.events.WithLabelValues("other").Inc()
+	}
+	return nil
+}
+
+// targetCompleted creates the push jobs of a completed push target. A target is a push
+// target when its kind is one of PushKinds and it has the push request output group.
+// When the server never saw the target's TargetConfigured event (it restarted during
+// the build), the output group alone decides.
+func (s *Server) targetCompleted(inv *invocation, streamID *buildpb.StreamId, id *bep.BuildEventId_TargetCompletedId, completed *bep.TargetComplete) error {
+	label := id.GetLabel()
+	if !completed.GetSuccess() || id.GetAspect() != "" {
+		return nil
+	}
+
+	var group *bep.OutputGroup
+	for _, candidate := range completed.GetOutputGroup() {
+		if candidate.GetName() == PushRequestOutputGroup {
+			group = candidate
+			break
+		}
+	}
+	kind, kindKnown := inv.kinds[label]
+	if kindKnown && !slices.Contains(s.opts.PushKinds, kind) {
+		if group != nil {
+			s.log.Debug("target has a push request output group but is not a push rule; see --push-kind", "invocation_id", inv.id, "target", label, "kind", kind)
+		}
+		return nil
+	}
+	if group == nil {
+		if kindKnown {
+			s.log.Warn("push target completed without the push request output group; is the push rule from a matching rules_img?", "invocation_id", inv.id, "target", label, "output_group", PushRequestOutputGroup)
+		}
+		return nil
+	}
+
+	files, missing := inv.resolveFiles(group.GetFileSets())
+	base := Job{
+		InvocationID: inv.id,
+		BuildID:      streamID.GetBuildId(),
+		Label:        label,
+		Kind:         kind,
+	}
+	configuration := id.GetConfiguration().GetId()
+
+	if len(missing) > 0 || len(files) == 0 {
+		job := base
+		job.ID = jobID(inv.id, label, configuration, "")
+		job.State = StateFailed
+		job.Error = fmt.Sprintf("push request file of %s unknown: the build event stream referred to file sets %v that this server never received (did it restart during the build?); run the build again", label, missing)
+		if len(missing) == 0 {
+			job.Error = fmt.Sprintf("output group %s of %s has no files; the push rule must put its push request file there", PushRequestOutputGroup, label)
+		}
+		return s.recordFailure(job)
+	}
+
+	for _, file := range files {
+		job := base
+		job.ID = jobID(inv.id, label, configuration, file.name)
+		job.RequestName = file.name
+		job.RequestURI = file.uri
+		job.RequestContents = file.contents
+		if _, err := s.queue.Enqueue(job); err != nil {
+			s.log.Error("storing push job failed; not acknowledging the event so Bazel resends it", "invocation_id", inv.id, "target", label, "error", err)
+			return status.Errorf(codes.Unavailable, "img bes: storing the push job of %s failed: %v", label, err)
+		}
+	}
+	return nil
+}
+
+func (s *Server) recordFailure(job Job) error {
+	now := time.Now().UTC()
+	job.CreatedAt = now
+	job.FinishedAt = now
+
+	created, err := s.queue.store.Create(job)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "img bes: storing the push job of %s failed: %v", job.Label, err)
+	}
+	if created {
+		s.metrics.jobsFinished.WithLabelValues(string(StateFailed)).Inc()
+		s.log.Error("push failed", "invocation_id", job.InvocationID, "target", job.Label, "error", job.Error)
+		s.queue.notify()
+	}
+	return nil
+}
