@@ -1,0 +1,268 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/rulesimg/img/registry"
+	"github.com/rulesimg/img/registry/blobstore"
+	"github.com/rulesimg/img/registry/blobstore/filesystem"
+	"github.com/rulesimg/img/registry/metadata"
+)
+
+// registryFlags are the flags of `img registry`, named as rules_img names them.
+type registryFlags struct {
+	address          string
+	port             int
+	grpcPort         int
+	enableBlobcache  bool
+	blobStores       []string
+	reapiEndpoint    string
+	instanceName     string
+	credentialHelper string
+	dataDir          string
+	chunkMinLength   int64
+	shutdownTimeout  time.Duration
+	uploadMaxAge     time.Duration
+}
+
+func init() {
+	flags := &registryFlags{}
+	cmd := &cobra.Command{
+		Use:   "registry",
+		Short: "Run an OCI registry whose blobs live on disk or in a Bazel remote cache",
+		Long: `Run an OCI distribution-spec v1.1 registry.
+
+Blobs live in the stores named by --blob-store, looked up in order; uploads go to the first
+store that accepts writes. Manifests, tags and the blob size index live in a database under
+--data-dir. With --enable-blobcache, a gRPC blob-cache service on --grpc-port lets
+cas_registry pushes register blobs that already sit in the remote cache.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runRegistry(cmd.Context(), flags)
+		},
+	}
+
+	f := cmd.Flags()
+	f.StringVar(&flags.address, "address", "localhost", "address every port binds to")
+	f.IntVar(&flags.port, "port", 5000, "TCP port of the registry HTTP API, /metrics and /healthz; 0 picks a free port")
+	f.IntVar(&flags.grpcPort, "grpc-port", 4444, "TCP port of the gRPC blob-cache service, used with --enable-blobcache; 0 picks a free port")
+	f.BoolVar(&flags.enableBlobcache, "enable-blobcache", false, "serve the gRPC blob-cache service (needs --reapi-endpoint)")
+	f.StringArrayVar(&flags.blobStores, "blob-store", nil, "blob store to use: filesystem or reapi; repeat to chain stores, looked up in order (default filesystem)")
+	f.StringVar(&flags.reapiEndpoint, "reapi-endpoint", os.Getenv("IMG_REAPI_ENDPOINT"), "remote cache for the reapi store and the blob-cache service, as grpc://host:port or grpcs://host:port (default $IMG_REAPI_ENDPOINT)")
+	f.StringVar(&flags.instanceName, "remote-instance-name", "", "REAPI instance name of the remote cache")
+	f.StringVar(&flags.credentialHelper, "credential-helper", os.Getenv("IMG_CREDENTIAL_HELPER"), "path of a Bazel credential helper that supplies headers for the remote cache (default $IMG_CREDENTIAL_HELPER)")
+	f.StringVar(&flags.dataDir, "data-dir", "", "folder for the metadata database, upload sessions and filesystem blobs (default $XDG_DATA_HOME/img/registry or ~/.local/share/img/registry)")
+	f.Int64Var(&flags.chunkMinLength, "chunk-min-length", registry.DefaultChunkMinLength, "chunk size in bytes announced to clients in OCI-Chunk-Min-Length; 0 announces nothing")
+	f.DurationVar(&flags.shutdownTimeout, "shutdown-timeout", 5*time.Minute, "how long SIGTERM or SIGINT waits for requests in flight, such as uploads, before closing them")
+	f.DurationVar(&flags.uploadMaxAge, "upload-max-age", 24*time.Hour, "upload sessions untouched for this long are removed at startup")
+
+	rootCmd.AddCommand(cmd)
+}
+
+func defaultDataDir() (string, error) {
+	if dir := os.Getenv("XDG_DATA_HOME"); dir != "" {
+		return filepath.Join(dir, "img", "registry"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("find a default --data-dir: %w; pass --data-dir", err)
+	}
+	return filepath.Join(home, ".local", "share", "img", "registry"), nil
+}
+
+func runRegistry(ctx context.Context, flags *registryFlags) error {
+	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	if flags.dataDir == "" {
+		dir, err := defaultDataDir()
+		if err != nil {
+			return err
+		}
+		flags.dataDir = dir
+	}
+	if err := os.MkdirAll(flags.dataDir, 0o755); err != nil {
+		return fmt.Errorf("create --data-dir %s: %w", flags.dataDir, err)
+	}
+
+	meta, err := metadata.OpenBolt(filepath.Join(flags.dataDir, "metadata.db"))
+	if err != nil {
+		return err
+	}
+	defer meta.Close()
+
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	blobs, closeBlobs, err := openBlobStores(ctx, flags, meta, metrics, logger)
+	if err != nil {
+		return err
+	}
+	defer closeBlobs()
+
+	chunkMinLength := flags.chunkMinLength
+	if chunkMinLength == 0 {
+		chunkMinLength = -1
+	}
+	server, err := registry.New(registry.Options{
+		Blobs:          blobs,
+		Metadata:       meta,
+		Logger:         logger,
+		ChunkMinLength: chunkMinLength,
+		Registerer:     metrics,
+	})
+	if err != nil {
+		return err
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle("/v2/", server)
+	mux.Handle("/metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+
+	listener, err := net.Listen("tcp", net.JoinHostPort(flags.address, strconv.Itoa(flags.port)))
+	if err != nil {
+		return fmt.Errorf("listen on --address %s --port %d: %w", flags.address, flags.port, err)
+	}
+	httpServer := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second}
+
+	var grpcServe func() error
+	var grpcStop func(context.Context)
+	if flags.enableBlobcache {
+		grpcServe, grpcStop, err = startBlobcache(ctx, flags, meta, logger)
+		if err != nil {
+			listener.Close()
+			return err
+		}
+	}
+
+	errs := make(chan error, 2)
+	go func() { errs <- httpServer.Serve(listener) }()
+	if grpcServe != nil {
+		go func() { errs <- grpcServe() }()
+	}
+	logger.Info("registry started", "address", listener.Addr().String(), "data_dir", flags.dataDir, "blob_stores", flags.blobStores)
+
+	select {
+	case <-ctx.Done():
+		logger.Info("registry stopping; waiting for requests in flight", "timeout", flags.shutdownTimeout)
+	case err := <-errs:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve registry: %w", err)
+		}
+	}
+
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), flags.shutdownTimeout)
+	defer cancel()
+	if grpcStop != nil {
+		grpcStop(shutdownCtx)
+	}
+	if err := httpServer.Shutdown(shutdownCtx); err != nil {
+		logger.Error("registry shutdown did not finish; closing connections", "error", err)
+		httpServer.Close()
+	}
+	logger.Info("registry stopped")
+	return nil
+}
+
+// openBlobStores builds the chain of --blob-store stores.
+func openBlobStores(ctx context.Context, flags *registryFlags, meta metadata.Store, metrics prometheus.Registerer, logger *slog.Logger) (blobstore.Store, func(), error) {
+	names := flags.blobStores
+	if len(names) == 0 {
+		names = []string{"filesystem"}
+	}
+
+	var stores []blobstore.Store
+	var closers []func()
+	closeAll := func() {
+		for _, closer := range closers {
+			closer()
+		}
+	}
+	for _, name := range names {
+		store, closer, err := openBlobStore(ctx, name, flags, meta, logger)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		if closer != nil {
+			closers = append(closers, closer)
+		}
+		stores = append(stores, store)
+	}
+	return registryBlobStack(stores, meta, metrics), closeAll, nil
+}
+
+func openBlobStore(ctx context.Context, name string, flags *registryFlags, meta metadata.Store, logger *slog.Logger) (blobstore.Store, func(), error) {
+	switch name {
+	case "filesystem":
+		store, err := filesystem.New(flags.dataDir)
+		if err != nil {
+			return nil, nil, err
+		}
+		if removed, err := store.Uploads().PurgeStale(flags.uploadMaxAge); err != nil {
+			logger.Warn("purging stale upload sessions failed", "error", err)
+		} else if removed > 0 {
+			logger.Info("removed stale upload sessions", "count", removed)
+		}
+		return store, nil, nil
+	case "reapi":
+		return openREAPIStore(ctx, flags, meta, logger)
+	default:
+		return nil, nil, fmt.Errorf("unknown --blob-store %q; use filesystem or reapi", name)
+	}
+}
+
+// registryBlobStack wraps the chained stores with the size index (so the reapi store can
+// address blobs uploaded through any store), an existence cache and metrics.
+func registryBlobStack(stores []blobstore.Store, meta metadata.Store, metrics prometheus.Registerer) blobstore.Store {
+	storeMetrics, err := blobstore.NewMetrics(metrics)
+	if err == nil {
+		for i, store := range stores {
+			stores[i] = storeMetrics.Wrap(store, storeLabel(i, store))
+		}
+	}
+	chained := blobstore.WithSizeIndex(blobstore.Chain(stores...), meta)
+	// A short TTL bounds how long a blob evicted from a cache still answers HEAD with 200.
+	return blobstore.WithExistenceCache(chained, 10*time.Second, 100_000)
+}
+
+func storeLabel(index int, store blobstore.Store) string {
+	switch store.(type) {
+	case *filesystem.Store:
+		return "filesystem"
+	default:
+		return fmt.Sprintf("store%d", index)
+	}
+}
+
+// openREAPIStore is filled in once the reapi client package exists.
+func openREAPIStore(ctx context.Context, flags *registryFlags, meta metadata.Store, logger *slog.Logger) (blobstore.Store, func(), error) {
+	return nil, nil, errors.New("--blob-store reapi is not available in this build")
+}
+
+func startBlobcache(ctx context.Context, flags *registryFlags, meta metadata.Store, logger *slog.Logger) (func() error, func(context.Context), error) {
+	return nil, nil, errors.New("--enable-blobcache is not available in this build")
+}
