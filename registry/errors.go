@@ -71,7 +71,7 @@ type apiError struct {
 }
 
 func (e *apiError) Error() string {
-	if e.cause != nil {
+	if e.cause != nil && e.cause.Error() != e.detail {
 		return fmt.Sprintf("%s: %s: %v", e.code, e.detail, e.cause)
 	}
 	return fmt.Sprintf("%s: %s", e.code, e.detail)

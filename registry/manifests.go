@@ -19,11 +19,11 @@ import (
 
 // Manifest media types the registry accepts.
 const (
-	mediaTypeOCIManifest      = "application/vnd.oci.image.manifest.v1+json"
-	mediaTypeOCIIndex         = "application/vnd.oci.image.index.v1+json"
-	mediaTypeOCIArtifact      = "application/vnd.oci.artifact.manifest.v1+json"
-	mediaTypeDockerManifest   = "application/vnd.docker.distribution.manifest.v2+json"
-	mediaTypeDockerList       = "application/vnd.docker.distribution.manifest.list.v2+json"
+	mediaTypeOCIManifest    = "application/vnd.oci.image.manifest.v1+json"
+	mediaTypeOCIIndex       = "application/vnd.oci.image.index.v1+json"
+	mediaTypeOCIArtifact    = "application/vnd.oci.artifact.manifest.v1+json"
+	mediaTypeDockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
+	mediaTypeDockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
 )
 
 // manifestKinds sorts the accepted media types by what their descriptors point at.
