@@ -173,9 +173,6 @@ func (c *repoClient) sessionFrom(res *http.Response) (*uploadSession, error) {
 			session.minChunk = n
 		}
 	}
-	if end, ok := parseRangeEnd(res.Header.Get("Range")); ok {
-		session.offset = end + 1
-	}
 	return session, nil
 }
 
@@ -234,10 +231,7 @@ func (c *repoClient) uploadStatus(ctx context.Context, session *uploadSession) e
 	if location, err := c.resolveLocation(res); err == nil {
 		session.location = location
 	}
-	session.offset = 0
-	if end, ok := parseRangeEnd(res.Header.Get("Range")); ok {
-		session.offset = end + 1
-	}
+	session.offset = committedBytes(res.Header.Get("Range"))
 	return nil
 }
 
@@ -325,18 +319,20 @@ func acceptedManifestTypes(mediaType string) []string {
 	return types
 }
 
-// parseRangeEnd reads the last byte index of a "0-N" or "bytes=0-N" Range header.
-func parseRangeEnd(value string) (int64, bool) {
+// committedBytes reads how many bytes an upload session holds from its "0-N" Range
+// header, N being the last byte's index. Registries send "0-0" for an empty session as
+// well as for one byte; counting that as 0 costs at most one byte sent twice.
+func committedBytes(value string) int64 {
 	value = strings.TrimPrefix(value, "bytes=")
 	_, end, ok := strings.Cut(value, "-")
 	if !ok {
-		return 0, false
+		return 0
 	}
 	n, err := strconv.ParseInt(end, 10, 64)
-	if err != nil || n < 0 {
-		return 0, false
+	if err != nil || n <= 0 {
+		return 0
 	}
-	return n, true
+	return n + 1
 }
 
 // isLoopback reports whether host (with optional port) names this machine, where plain
