@@ -12,19 +12,19 @@ import (
 type Option func(*options)
 
 type options struct {
-	jobs        int
-	checkJobs   int
-	retries     int
-	backoff     backoff
-	chunkSize   int64
-	smallBlob   int64
-	verify      bool
-	insecure    map[string]bool
-	keychain    authn.Keychain
-	helper      HeaderSource
-	transport   http.RoundTripper
-	progress    Progress
-	logger      *slog.Logger
+	jobs      int
+	checkJobs int
+	retries   int
+	backoff   backoff
+	chunkSize int64
+	smallBlob int64
+	verify    bool
+	insecure  map[string]bool
+	keychain  authn.Keychain
+	helper    HeaderSource
+	transport http.RoundTripper
+	progress  Progress
+	logger    *slog.Logger
 }
 
 // The defaults. Four concurrent uploads keep a gigabit link busy without opening more

@@ -36,8 +36,8 @@ func (nopProgress) Start(string, ocispec.Descriptor) Tracker { return nopTracker
 
 type nopTracker struct{}
 
-func (nopTracker) Poll(func() int64) {}
-func (nopTracker) Add(int64)         {}
+func (nopTracker) Poll(func() int64)  {}
+func (nopTracker) Add(int64)          {}
 func (nopTracker) Done(string, error) {}
 
 // countingReader counts the bytes read through it into a tracker.
