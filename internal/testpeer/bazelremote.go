@@ -174,9 +174,9 @@ func (b *BazelRemote) BlobPaths(t testing.TB, hash string) []string {
 
 // EvictBlob deletes the CAS blob with the given SHA-256 hex hash from disk and restarts the
 // cache, so FindMissingBlobs reports it missing and reads return NOT_FOUND, as after an LRU
-// eviction. The restart is what makes this work: bazel-remote v2.6.1 answers FindMissingBlobs
-// from an in-memory index built at start, so a file deleted under a running server still
-// looks present. Connections to the cache break during the restart. The test fails when
+// eviction. The restart is needed because bazel-remote v2.6.1 serves FindMissingBlobs from
+// an in-memory index built at start, so a file deleted under a running server still looks
+// present. Connections to the cache break during the restart. The test fails when
 // the blob has no file on disk.
 func (b *BazelRemote) EvictBlob(t testing.TB, hash string) {
 	t.Helper()

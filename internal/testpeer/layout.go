@@ -39,8 +39,8 @@ type LayoutSpec struct {
 	// are the blobs' own digests. With Gzip too, the layers keep the gzip media type although
 	// their bytes are not gzip.
 	RawLayers bool
-	// EmptyLayer appends a 0-byte layer blob (digest sha256:e3b0c442…), which has the
-	// uncompressed layer media type whatever Gzip says because 0 bytes is not valid gzip.
+	// EmptyLayer appends a 0-byte layer blob (digest sha256:e3b0c442…). It always has the
+	// uncompressed layer media type, even with Gzip, because 0 bytes is not valid gzip.
 	EmptyLayer bool
 	// Docker uses Docker v2 schema 2 media types instead of OCI ones.
 	Docker bool

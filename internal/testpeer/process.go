@@ -50,6 +50,8 @@ func startProcess(t testing.TB, name, logPath, binary string, args []string, env
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	// A test binary killed by `go test -timeout` runs no cleanup, so let the kernel kill the peer.
+	// NOTE: Linux sends the signal when the thread that started the peer exits, which in Go
+	// happens only for a goroutine that exits while locked to its thread.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("testpeer: %s: start %s: %v", name, binary, err)

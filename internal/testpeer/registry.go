@@ -81,8 +81,8 @@ var registryEnv = []string{
 }
 
 // StartRegistry starts a distribution registry on 127.0.0.1 with a random port, filesystem
-// storage in the test's temporary folder and deletes enabled. It returns once /v2/ answers
-// and stops the registry on cleanup.
+// storage in the test's temporary folder and deletes enabled. It returns once GET /v2/
+// gets a response and stops the registry on cleanup.
 func StartRegistry(t testing.TB, opts ...RegistryOption) *Registry {
 	t.Helper()
 
@@ -200,6 +200,23 @@ func (r *Registry) Crane(t testing.TB, args ...string) string {
 	t.Helper()
 
 	return CraneEnv(t, []string{"DOCKER_CONFIG=" + r.DockerConfig(t)}, args...)
+}
+
+// RegctlHost returns the regctl --host value for this registry: plain HTTP, with its
+// credentials if any. regctl splits the value at commas, so credentials must not contain them.
+func (r *Registry) RegctlHost() string {
+	host := "reg=" + r.Addr + ",tls=disabled"
+	if r.User != "" || r.Password != "" {
+		host += ",user=" + r.User + ",pass=" + r.Password
+	}
+	return host
+}
+
+// Regctl runs regctl with --host set to RegctlHost and returns stdout.
+func (r *Registry) Regctl(t testing.TB, args ...string) string {
+	t.Helper()
+
+	return Regctl(t, append([]string{"--host", r.RegctlHost()}, args...)...)
 }
 
 // Ref returns the reference "Addr/repository" followed by suffix, for example

@@ -154,3 +154,20 @@ func getStatus(t *testing.T, url string) int {
 	resp.Body.Close()
 	return resp.StatusCode
 }
+
+func TestRegistryRegctlCopyTokenAuth(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a registry")
+	}
+	reg := StartRegistry(t, WithTokenAuth("dave", "secret-4"))
+	info := WriteLayout(t, t.TempDir(), LayoutSpec{Layers: []int64{3 << 20}, Gzip: true, Tags: []string{"v1"}})
+
+	reg.Regctl(t, "image", "copy", "ocidir://"+info.Dir+":v1", reg.Ref("regctl/app", ":v1"))
+
+	if got := reg.Regctl(t, "image", "digest", reg.Ref("regctl/app", ":v1")); got != info.RootDigest().String() {
+		t.Errorf("regctl image digest = %s, want %s", got, info.RootDigest())
+	}
+	if reg.Token.Issued() == 0 {
+		t.Errorf("token server issued no tokens to regctl")
+	}
+}

@@ -95,9 +95,9 @@ func StartTokenServer(t testing.TB, user, password string) *TokenServer {
 }
 
 // Realm returns the token endpoint URL (auth.token.realm), "http://localhost:P/token". The
-// server listens on 127.0.0.1, but the realm names it localhost because go-containerregistry
-// v0.22.1 rejects a realm whose host is a loopback or private IP literal unless it equals the
-// registry's host:port, and it does not resolve names for that check.
+// server listens on 127.0.0.1, but the realm names it localhost. go-containerregistry v0.22.1
+// rejects a realm whose host is a loopback or private IP literal other than the registry's
+// own host:port, and it does not resolve names for that check.
 func (ts *TokenServer) Realm() string {
 	port := ts.server.Listener.Addr().(*net.TCPAddr).Port
 	return "http://localhost:" + strconv.Itoa(port) + "/token"

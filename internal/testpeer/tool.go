@@ -84,8 +84,8 @@ func declaresModule(goMod []byte, module string) bool {
 
 // Tool returns the absolute path of a pinned tool binary in .tools/bin. Tools are "registry",
 // "bazel-remote", "crane", "regctl", "conformance", "protoc-gen-go" and "protoc-gen-go-grpc".
-// A missing binary is built from tools/go.mod; an exclusive lock file serializes builds across
-// test binaries that run in parallel, and the binary is renamed into place only when complete.
+// A missing binary is built from tools/go.mod. An exclusive lock file serializes builds across
+// test binaries that run in parallel, and each binary is renamed into place only when complete.
 func Tool(t testing.TB, name string) string {
 	t.Helper()
 
