@@ -148,7 +148,6 @@ func TestCrashKeepsAcknowledgedPushes(t *testing.T) {
 	checkEveryTagWhole(t, client, registry.url(), repo)
 }
 
-
 // checkEveryTagWhole fetches every listed tag and checks that the body hashes to the digest the
 // registry reports, so no partially written manifest is visible.
 func checkEveryTagWhole(t *testing.T, client *http.Client, baseURL, repo string) {

@@ -1,0 +1,76 @@
+package conformance
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/rulesimg/img/internal/testpeer"
+)
+
+// TestClientsPullWhatCranePushed pushes a two-platform image with crane, then copies it out
+// with crane and with skopeo and checks the digests survive the round trip.
+func TestClientsPullWhatCranePushed(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts img registry and runs crane and skopeo")
+	}
+	skopeo, err := exec.LookPath("skopeo")
+	if err != nil {
+		t.Skip("skopeo is not installed; apt-get install -y skopeo")
+	}
+
+	registry := startImgRegistry(t, t.TempDir())
+	layout := testpeer.WriteLayout(t, filepath.Join(t.TempDir(), "layout"), testpeer.LayoutSpec{
+		Layers:        []int64{300 << 10, 2 << 20},
+		Gzip:          true,
+		MultiPlatform: true,
+	})
+	ref := registry.host() + "/clients/app:v1"
+
+	testpeer.Crane(t, "push", layout.Dir, ref)
+
+	if got := testpeer.Crane(t, "digest", ref); got != layout.RootDigest().String() {
+		t.Errorf("crane digest = %s, want the pushed index %s", got, layout.RootDigest())
+	}
+	pulled := filepath.Join(t.TempDir(), "crane-pull")
+	testpeer.Crane(t, "pull", "--format", "oci", ref, pulled)
+	if _, err := os.Stat(filepath.Join(pulled, "index.json")); err != nil {
+		t.Errorf("crane pull wrote no layout: %v", err)
+	}
+
+	skopeoDir := filepath.Join(t.TempDir(), "skopeo-copy")
+	cmd := exec.Command(skopeo, "copy", "--all", "--preserve-digests", "--src-tls-verify=false",
+		"docker://"+ref, "oci:"+skopeoDir+":v1")
+	cmd.Env = append(os.Environ(), "REGISTRY_AUTH_FILE="+filepath.Join(t.TempDir(), "auth.json"))
+	if output, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("skopeo copy failed: %v\n%s", err, output)
+	}
+	index, err := os.ReadFile(filepath.Join(skopeoDir, "index.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(index), layout.RootDigest().String()) {
+		t.Errorf("skopeo's index.json does not list the pushed index %s:\n%s", layout.RootDigest(), index)
+	}
+	for _, blob := range layout.Blobs {
+		if _, err := os.Stat(filepath.Join(skopeoDir, "blobs", "sha256", blob.Digest.Encoded())); err != nil {
+			t.Errorf("skopeo copy lacks blob %s (%s)", blob.Digest, blob.MediaType)
+		}
+	}
+
+	// A second push of the same image uploads no blob: crane finds each one with HEAD.
+	uploadsBefore, err := registry.requestCount("upload_start", "POST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testpeer.Crane(t, "push", layout.Dir, registry.host()+"/clients/app:v2")
+	uploadsAfter, err := registry.requestCount("upload_start", "POST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uploadsAfter != uploadsBefore {
+		t.Errorf("second push started %v uploads, want 0", uploadsAfter-uploadsBefore)
+	}
+}
