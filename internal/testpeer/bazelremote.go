@@ -142,8 +142,15 @@ func (b *BazelRemote) HTTPURL() string {
 	return "http://" + b.HTTPAddr
 }
 
-// Restart stops the cache and starts it again on the same ports and folder. bazel-remote
-// rebuilds its in-memory index from the files in --dir at start.
+// Stop stops the cache, so clients get connection errors. Restart starts it again.
+func (b *BazelRemote) Stop() {
+	b.proc.stop()
+}
+
+// Restart stops the cache if it runs and starts it again on the same ports and folder.
+// bazel-remote rebuilds its in-memory index from the files in --dir at start.
+//
+// NOTE: another process may bind a port while the cache is down; Restart then fails the test.
 func (b *BazelRemote) Restart(t testing.TB) {
 	t.Helper()
 

@@ -127,16 +127,6 @@ func (p *process) waitReady(ctx context.Context, ready func(context.Context) err
 	}
 }
 
-// registerStop stops the process on cleanup and prints its log tail when the test failed.
-func (p *process) registerStop(t testing.TB) {
-	t.Cleanup(func() {
-		p.stop()
-		if t.Failed() {
-			t.Logf("testpeer: %s log tail (%s):\n%s", p.name, p.logPath, p.logTail())
-		}
-	})
-}
-
 // httpAnswers succeeds when url returns any HTTP response.
 func httpAnswers(url string) func(context.Context) error {
 	return func(ctx context.Context) error {

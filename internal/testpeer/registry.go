@@ -28,6 +28,10 @@ type Registry struct {
 	LogPath string
 	// Token is the token server when the registry uses token auth, otherwise nil.
 	Token *TokenServer
+
+	binary     string
+	configPath string
+	proc       *process
 }
 
 type registryConfig struct {
@@ -94,10 +98,12 @@ func StartRegistry(t testing.TB, opts ...RegistryOption) *Registry {
 	binary := Tool(t, "registry")
 	dir := peerDir(t, "registry")
 	reg := &Registry{
-		Dir:      filepath.Join(dir, "storage"),
-		User:     config.user,
-		Password: config.password,
-		LogPath:  filepath.Join(dir, "registry.log"),
+		Dir:        filepath.Join(dir, "storage"),
+		User:       config.user,
+		Password:   config.password,
+		LogPath:    filepath.Join(dir, "registry.log"),
+		binary:     binary,
+		configPath: filepath.Join(dir, "config.yml"),
 	}
 
 	authYAML := registryAuthYAML(t, dir, config, reg)
@@ -110,21 +116,57 @@ func StartRegistry(t testing.TB, opts ...RegistryOption) *Registry {
 		reg.Addr = "127.0.0.1:" + strconv.Itoa(port)
 		reg.URL = "http://" + reg.Addr
 
-		configPath := filepath.Join(dir, "config.yml")
-		writeFile(t, configPath, registryConfigYAML(reg, authYAML, config.extraYAML))
+		writeFile(t, reg.configPath, registryConfigYAML(reg, authYAML, config.extraYAML))
 
-		proc := startProcess(t, "registry", reg.LogPath, binary, []string{"serve", configPath}, registryEnv)
-		err := proc.waitReady(context.Background(), httpAnswers(reg.URL+"/v2/"))
+		err := reg.start(t)
 		if err == nil {
-			proc.registerStop(t)
-			return reg
+			break
 		}
-
-		proc.stop()
-		if attempt < attempts && strings.Contains(proc.logTail(), "address already in use") {
+		if attempt < attempts && strings.Contains(fileTail(reg.LogPath, logTailBytes), "address already in use") {
 			continue
 		}
 		t.Fatalf("testpeer: start registry: %v", err)
+	}
+
+	t.Cleanup(func() {
+		reg.proc.stop()
+		if t.Failed() {
+			t.Logf("testpeer: registry log tail (%s):\n%s", reg.LogPath, reg.proc.logTail())
+		}
+	})
+	return reg
+}
+
+// start starts the registry with its configuration file and waits until GET /v2/ gets a
+// response.
+func (r *Registry) start(t testing.TB) error {
+	t.Helper()
+
+	r.proc = startProcess(t, "registry", r.LogPath, r.binary, []string{"serve", r.configPath}, registryEnv)
+	if err := r.proc.waitReady(context.Background(), httpAnswers(r.URL+"/v2/")); err != nil {
+		r.proc.stop()
+		return err
+	}
+	return nil
+}
+
+// Stop stops the registry, so clients get connection errors. Restart starts it again.
+func (r *Registry) Stop() {
+	r.proc.stop()
+}
+
+// Restart stops the registry if it runs and starts it again on the same port, storage and
+// configuration. Blobs and manifests survive. Upload sessions survive too, because the
+// filesystem driver keeps them in storage and the HTTP secret in the configuration stays.
+//
+// NOTE: another process may bind the port while the registry is down; Restart then fails
+// the test.
+func (r *Registry) Restart(t testing.TB) {
+	t.Helper()
+
+	r.proc.stop()
+	if err := r.start(t); err != nil {
+		t.Fatalf("testpeer: restart registry: %v", err)
 	}
 }
 

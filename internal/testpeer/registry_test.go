@@ -171,3 +171,48 @@ func TestRegistryRegctlCopyTokenAuth(t *testing.T) {
 		t.Errorf("token server issued no tokens to regctl")
 	}
 }
+
+func TestRegistryRestartKeepsUploadSession(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a registry")
+	}
+	reg := StartRegistry(t)
+	info := WriteLayout(t, t.TempDir(), LayoutSpec{Layers: []int64{100}})
+	Crane(t, "push", info.Dir, reg.Ref("restart/app", ":v1"))
+	client := &http.Client{Transport: &http.Transport{}}
+
+	resp, err := client.Post(reg.URL+"/v2/restart/app/blobs/uploads/", "", nil)
+	if err != nil {
+		t.Fatalf("POST upload: %v", err)
+	}
+	resp.Body.Close()
+	req, err := http.NewRequest(http.MethodPatch, resp.Header.Get("Location"), strings.NewReader("first part,"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err = client.Do(req)
+	if err != nil {
+		t.Fatalf("PATCH: %v", err)
+	}
+	resp.Body.Close()
+	location := resp.Header.Get("Location")
+
+	reg.Stop()
+	if _, err := client.Get(reg.URL + "/v2/"); err == nil {
+		t.Errorf("GET /v2/ on a stopped registry succeeded, want a connection error")
+	}
+	reg.Restart(t)
+
+	if got := Crane(t, "digest", reg.Ref("restart/app", ":v1")); got != info.RootDigest().String() {
+		t.Errorf("crane digest after restart = %s, want %s", got, info.RootDigest())
+	}
+	resp, err = client.Get(location)
+	if err != nil {
+		t.Fatalf("GET upload status after restart: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent || resp.Header.Get("Range") != "0-10" {
+		t.Errorf("upload status after restart = %d Range %q, want 204 Range 0-10", resp.StatusCode, resp.Header.Get("Range"))
+	}
+}
