@@ -2,6 +2,7 @@ package push_test
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -312,4 +313,13 @@ func TestPushMissingDestination(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no destination") {
 		t.Errorf("err = %v, want a no-destination error", err)
 	}
+}
+
+func httpHead(url string) (int, error) {
+	res, err := http.Head(url)
+	if err != nil {
+		return 0, err
+	}
+	res.Body.Close()
+	return res.StatusCode, nil
 }
