@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"syscall"
 	"time"
@@ -67,8 +68,19 @@ func retryableError(err error) bool {
 	if errors.As(err, &statusErr) {
 		return retryableStatus(statusErr.StatusCode)
 	}
+	// net/http wraps every failure of a request in *url.Error, which claims to be a
+	// net.Error; what matters is the cause inside, which may be the blob source's own
+	// error (a corrupt cache entry) that no retry will fix.
+	var urlErr *url.Error
+	if errors.As(err, &urlErr) {
+		err = urlErr.Err
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) {
+		return true
+	}
 	var netErr net.Error
-	if errors.As(err, &netErr) {
+	if errors.As(err, &netErr) && netErr.Timeout() {
 		return true
 	}
 	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
