@@ -14,7 +14,14 @@ if [ "${#files[@]}" -eq 0 ]; then
   echo "no .proto files under $root/proto" >&2
   exit 1
 fi
-PATH="$bin:$PATH" protoc --proto_path=. \
+# Imports from Go modules (the REAPI protos and the googleapis protos they import) come from a
+# descriptor set built from the Go packages, since the module cache lacks some of their .proto
+# files.
+imports=$(mktemp)
+trap 'rm -f "$imports"' EXIT
+(cd "$root" && go run ./proto/blobcache/importset "$imports")
+
+PATH="$bin:$PATH" protoc --proto_path=. --descriptor_set_in="$imports" \
   --go_out=. --go_opt=paths=source_relative \
   --go-grpc_out=. --go-grpc_opt=paths=source_relative \
   "${files[@]}"
