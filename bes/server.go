@@ -1,7 +1,7 @@
 // Package bes is a Build Event Service backend that pushes images as a side effect of
-// `bazel build`. Bazel streams its build events to the server (--bes_backend); the
-// server finds completed push targets, stores a push job durably before it
-// acknowledges the event, and pushes in the background with a bounded worker pool.
+// `bazel build`. Bazel streams its build events to the server (--bes_backend). The
+// server finds completed push targets and stores a push job durably before it
+// acknowledges the event. A bounded worker pool then pushes in the background.
 // Results are visible per invocation on an HTTP page, a JSON API and Prometheus metrics.
 package bes
 
@@ -24,7 +24,7 @@ import (
 	bep "github.com/rulesimg/img/proto/buildeventstream"
 )
 
-// CommitMode says when a tool event stream RPC returns.
+// CommitMode selects when a tool event stream RPC returns.
 type CommitMode string
 
 const (
@@ -53,6 +53,8 @@ const (
 	// PushRequestOutputGroup is the output group that holds a push target's push
 	// request file, <name>.push_request.json.
 	PushRequestOutputGroup = "img_push_request"
+	// PushRequestSuffix ends the name of every push request file.
+	PushRequestSuffix = ".push_request.json"
 )
 
 // ServerOptions configure a Server. Zero fields take the defaults in parentheses.
@@ -193,7 +195,7 @@ func (s *Server) serveStream(stream buildpb.PublishBuildEvent_PublishBuildToolEv
 	return s.finishStream(stream.Context(), inv)
 }
 
-// finishStream runs when Bazel closes the stream: it forgets the event state of a
+// finishStream runs when Bazel closes the stream. It drops the event state of a
 // finished invocation and, in per-stream mode, waits for its pushes.
 func (s *Server) finishStream(ctx context.Context, inv *invocation) error {
 	inv.mu.Lock()
@@ -261,7 +263,7 @@ func (s *Server) forget(id string) {
 	s.mu.Unlock()
 }
 
-// InvocationInfo is what the server knows of an invocation from its events, for the
+// InvocationInfo is the invocation's details read from its build events, for the
 // results page. It is empty once the invocation's stream has finished.
 type InvocationInfo struct {
 	Command      string    `json:"command,omitempty"`
@@ -369,37 +371,49 @@ func (s *Server) handleBazelEvent(inv *invocation, streamID *buildpb.StreamId, e
 }
 
 // targetCompleted creates the push jobs of a completed push target. A target is a push
-// target when its kind is one of PushKinds and it has the push request output group.
-// When the server never saw the target's TargetConfigured event (it restarted during
-// the build), the output group alone decides.
+// target when its kind is one of PushKinds. Its push request is the file in the
+// img_push_request output group, which Bazel reports only when the build requests it
+// (--output_groups=+img_push_request); otherwise the server looks for a file named
+// *.push_request.json in the output groups Bazel did report, such as "default". When the
+// server never saw the target's TargetConfigured event (it restarted during the build),
+// only the img_push_request output group marks a push target.
 func (s *Server) targetCompleted(inv *invocation, streamID *buildpb.StreamId, id *bep.BuildEventId_TargetCompletedId, completed *bep.TargetComplete) error {
 	label := id.GetLabel()
 	if !completed.GetSuccess() || id.GetAspect() != "" {
 		return nil
 	}
 
-	var group *bep.OutputGroup
-	for _, candidate := range completed.GetOutputGroup() {
-		if candidate.GetName() == PushRequestOutputGroup {
-			group = candidate
-			break
-		}
-	}
 	kind, kindKnown := inv.kinds[label]
-	if kindKnown && !slices.Contains(s.opts.PushKinds, kind) {
-		if group != nil {
-			s.log.Debug("target has a push request output group but is not a push rule; see --push-kind", "invocation_id", inv.id, "target", label, "kind", kind)
-		}
-		return nil
-	}
-	if group == nil {
-		if kindKnown {
-			s.log.Warn("push target completed without the push request output group; is the push rule from a matching rules_img?", "invocation_id", inv.id, "target", label, "output_group", PushRequestOutputGroup)
-		}
+	isPushKind := slices.Contains(s.opts.PushKinds, kind)
+	if kindKnown && !isPushKind {
 		return nil
 	}
 
-	files, missing := inv.resolveFiles(group.GetFileSets())
+	var sets []*bep.BuildEventId_NamedSetOfFilesId
+	fromPushGroup := false
+	for _, group := range completed.GetOutputGroup() {
+		if group.GetName() == PushRequestOutputGroup {
+			sets = group.GetFileSets()
+			fromPushGroup = true
+			break
+		}
+	}
+	if !fromPushGroup {
+		if !kindKnown {
+			return nil
+		}
+		for _, group := range completed.GetOutputGroup() {
+			sets = append(sets, group.GetFileSets()...)
+		}
+	}
+
+	files, missing := inv.resolveFiles(sets)
+	if !fromPushGroup {
+		files = slices.DeleteFunc(files, func(file pushFile) bool {
+			return !strings.HasSuffix(file.name, PushRequestSuffix)
+		})
+	}
+
 	base := Job{
 		InvocationID: inv.id,
 		BuildID:      streamID.GetBuildId(),
@@ -412,9 +426,13 @@ func (s *Server) targetCompleted(inv *invocation, streamID *buildpb.StreamId, id
 		job := base
 		job.ID = jobID(inv.id, label, configuration, "")
 		job.State = StateFailed
-		job.Error = fmt.Sprintf("push request file of %s unknown: the build event stream referred to file sets %v that this server never received (did it restart during the build?); run the build again", label, missing)
-		if len(missing) == 0 {
+		switch {
+		case len(missing) > 0:
+			job.Error = fmt.Sprintf("push request file of %s unknown: the build event stream referred to file sets %v that this server never received (did it restart during the build?); run the build again", label, missing)
+		case fromPushGroup:
 			job.Error = fmt.Sprintf("output group %s of %s has no files; the push rule must put its push request file there", PushRequestOutputGroup, label)
+		default:
+			job.Error = fmt.Sprintf("no push request file (*%s) among the outputs of %s that Bazel reported; build with --output_groups=+%s", PushRequestSuffix, label, PushRequestOutputGroup)
 		}
 		return s.recordFailure(job)
 	}

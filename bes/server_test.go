@@ -492,3 +492,35 @@ func TestResultsOfUnknownInvocationEmpty(t *testing.T) {
 		t.Errorf("body %s does not have an empty push list", body)
 	}
 }
+
+func TestPushRequestFoundInDefaultOutputGroup(t *testing.T) {
+	pusher := &recordingPusher{}
+	ts := startTestServer(t, testServerConfig{pusher: pusher})
+
+	// Without --output_groups=+img_push_request, Bazel reports only the default group.
+	stream := newEventStream("inv-default-group").
+		configured(t, "//:push", DefaultPushKind).
+		namedSet(t, "s", []*bep.File{
+			inlineFile("push.tar", []byte("not a request")),
+			inlineFile("push.push_request.json", pushRequestJSON("bes", "push")),
+		}).
+		completed(t, "//:push", true, map[string][]string{"default": {"s"}}).
+		configured(t, "//:empty", DefaultPushKind).
+		namedSet(t, "e", []*bep.File{inlineFile("empty.tar", []byte("x"))}).
+		completed(t, "//:empty", true, map[string][]string{"default": {"e"}}).
+		finish()
+	if _, err := ts.send(t, stream.events); err != nil {
+		t.Fatal(err)
+	}
+
+	jobs := jobsByLabel(ts.waitDone(t, "inv-default-group"))
+	if jobs["//:push"].State != StateSucceeded {
+		t.Errorf("//:push is %s (%s); expected succeeded", jobs["//:push"].State, jobs["//:push"].Error)
+	}
+	if jobs["//:empty"].State != StateFailed {
+		t.Errorf("//:empty is %s; expected failed", jobs["//:empty"].State)
+	}
+	if !strings.Contains(jobs["//:empty"].Error, "--output_groups=+img_push_request") {
+		t.Errorf("error %q does not say how to report the push request output group", jobs["//:empty"].Error)
+	}
+}
