@@ -1,6 +1,7 @@
 package faultproxy
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Request is one entry of the proxy's request log.
@@ -35,6 +37,8 @@ const (
 	FaultFail Fault = "fail"
 	// FaultReset is a connection reset by ResetAfter.
 	FaultReset Fault = "reset"
+	// FaultDelay is a request forwarded late by DelayNext.
+	FaultDelay Fault = "delay"
 )
 
 // Proxy is an HTTP reverse proxy on 127.0.0.1 in front of one upstream, typically a registry.
@@ -60,6 +64,7 @@ type faultKind int
 const (
 	faultFail faultKind = iota
 	faultReset
+	faultDelay
 )
 
 type rule struct {
@@ -71,6 +76,7 @@ type rule struct {
 	status     int
 	retryAfter string
 	bodyBytes  int64
+	delay      time.Duration
 }
 
 // New starts a proxy that forwards to upstream, a base URL such as "http://127.0.0.1:5000",
@@ -135,6 +141,19 @@ func (p *Proxy) ResetAfter(method, pathRegexp string, n int, bodyBytes int64) {
 		path:      regexp.MustCompile(pathRegexp),
 		remaining: n,
 		bodyBytes: bodyBytes,
+	})
+}
+
+// DelayNext holds each of the next n requests matching method and pathRegexp for delay
+// before forwarding it, for client timeout tests. A request whose client gives up during the
+// delay is not forwarded.
+func (p *Proxy) DelayNext(method, pathRegexp string, n int, delay time.Duration) {
+	p.addRule(&rule{
+		kind:      faultDelay,
+		method:    method,
+		path:      regexp.MustCompile(pathRegexp),
+		remaining: n,
+		delay:     delay,
 	})
 }
 
@@ -220,25 +239,58 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	entry, matched := p.begin(r)
 
 	if matched == nil {
-		recorder := &statusRecorder{ResponseWriter: w, record: func(status int) { p.record(entry, status, "") }}
-		p.forward.ServeHTTP(recorder, r)
+		p.forwardRecorded(w, r, entry, "")
 		return
 	}
 
 	switch matched.kind {
 	case faultFail:
 		p.record(entry, matched.status, FaultFail)
-		if matched.retryAfter != "" {
-			w.Header().Set("Retry-After", matched.retryAfter)
-		}
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.WriteHeader(matched.status)
-		io.WriteString(w, "faultproxy: injected status "+http.StatusText(matched.status)+"\n")
+		writeInjectedError(w, matched.status, matched.retryAfter)
 
 	case faultReset:
 		p.record(entry, 0, FaultReset)
 		p.serveReset(w, r, matched.bodyBytes)
+
+	case faultDelay:
+		select {
+		case <-time.After(matched.delay):
+		case <-r.Context().Done():
+			p.record(entry, 0, FaultDelay)
+			return
+		}
+		p.forwardRecorded(w, r, entry, FaultDelay)
 	}
+}
+
+// forwardRecorded forwards r and records the response status in entry.
+func (p *Proxy) forwardRecorded(w http.ResponseWriter, r *http.Request, entry *Request, fault Fault) {
+	recorder := &statusRecorder{ResponseWriter: w, record: func(status int) { p.record(entry, status, fault) }}
+	p.forward.ServeHTTP(recorder, r)
+}
+
+// injectedErrorCodes maps statuses to the OCI distribution error codes a registry sends with
+// them. Other statuses get the code UNKNOWN, as the distribution registry sends.
+var injectedErrorCodes = map[int]string{
+	http.StatusUnauthorized:    "UNAUTHORIZED",
+	http.StatusForbidden:       "DENIED",
+	http.StatusNotFound:        "NAME_UNKNOWN",
+	http.StatusTooManyRequests: "TOOMANYREQUESTS",
+}
+
+// writeInjectedError sends status with an OCI error body, as a registry would.
+func writeInjectedError(w http.ResponseWriter, status int, retryAfter string) {
+	code, ok := injectedErrorCodes[status]
+	if !ok {
+		code = "UNKNOWN"
+	}
+
+	if retryAfter != "" {
+		w.Header().Set("Retry-After", retryAfter)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, `{"errors":[{"code":%q,"message":"faultproxy: injected status %d"}]}`+"\n", code, status)
 }
 
 // rewriteLocation points absolute Location headers that name the upstream at the proxy, so
@@ -259,7 +311,7 @@ func (p *Proxy) rewriteLocation(resp *http.Response) error {
 	return nil
 }
 
-// forwardError answers 502 when the upstream cannot be reached or the request was cut.
+// forwardError sends 502 when the upstream cannot be reached.
 func (p *Proxy) forwardError(w http.ResponseWriter, r *http.Request, err error) {
 	w.WriteHeader(http.StatusBadGateway)
 	io.WriteString(w, "faultproxy: forward "+r.Method+" "+r.URL.Path+" to "+p.upstream.String()+": "+err.Error()+"\n")

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -249,7 +250,11 @@ func TestFailNextRetryAfter(t *testing.T) {
 	if err != nil {
 		t.Fatalf("first GET /v2/: %v", err)
 	}
+	body, _ := io.ReadAll(first.Body)
 	first.Body.Close()
+	if !bytes.Contains(body, []byte(`"code":"TOOMANYREQUESTS"`)) {
+		t.Errorf("first GET /v2/ body = %s, want an OCI error with code TOOMANYREQUESTS", body)
+	}
 	if first.StatusCode != http.StatusTooManyRequests {
 		t.Errorf("first GET /v2/ status = %d, want 429", first.StatusCode)
 	}
@@ -299,5 +304,40 @@ func TestCranePushThroughFaults(t *testing.T) {
 	testpeer.Crane(t, "push", info.Dir, ref)
 	if got := proxy.Count("", "/blobs/uploads/") - uploadsBefore; got != 0 {
 		t.Errorf("second push made %d upload requests, want 0", got)
+	}
+}
+
+func TestDelayNextTimesOutClient(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a registry")
+	}
+	reg := testpeer.StartRegistry(t)
+	proxy := New(t, reg.URL)
+
+	proxy.DelayNext(http.MethodGet, "^/v2/$", 1, 5*time.Second)
+	impatient := newClient()
+	impatient.Timeout = 200 * time.Millisecond
+	if resp, err := impatient.Get(proxy.URL + "/v2/"); err == nil {
+		resp.Body.Close()
+		t.Errorf("GET /v2/ with a 200 ms timeout behind a 5 s delay returned status %d, want a timeout", resp.StatusCode)
+	}
+
+	proxy.DelayNext(http.MethodGet, "^/v2/$", 1, 100*time.Millisecond)
+	start := time.Now()
+	resp, err := newClient().Get(proxy.URL + "/v2/")
+	if err != nil {
+		t.Fatalf("GET /v2/ behind a 100 ms delay: %v", err)
+	}
+	resp.Body.Close()
+	if elapsed := time.Since(start); elapsed < 100*time.Millisecond {
+		t.Errorf("GET /v2/ behind a 100 ms delay took %s", elapsed)
+	}
+
+	var log []string
+	for _, request := range proxy.Requests() {
+		log = append(log, fmt.Sprintf("%d:%s", request.Status, request.Fault))
+	}
+	if want := "0:delay,200:delay"; strings.Join(log, ",") != want {
+		t.Errorf("request log = %v, want %s", log, want)
 	}
 }

@@ -1,6 +1,7 @@
 package faultproxy
 
 import (
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -18,13 +19,19 @@ type TCP struct {
 	listener net.Listener
 
 	mu          sync.Mutex
-	cutArmed    bool
-	cutLeft     int64
+	toClient    cutBudget
+	toServer    cutBudget
 	cuts        int
 	connections int
 	closed      bool
 	open        map[*tcpPair]bool
 	wg          sync.WaitGroup
+}
+
+// cutBudget is a one-time cut armed for one direction.
+type cutBudget struct {
+	armed bool
+	left  int64
 }
 
 // tcpPair is one client connection and its upstream connection.
@@ -63,11 +70,19 @@ func (p *TCP) CutAfter(bytes int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 
-	p.cutArmed = true
-	p.cutLeft = bytes
+	p.toClient = cutBudget{armed: true, left: bytes}
 }
 
-// Cuts returns how many connections CutAfter has cut.
+// CutAfterToServer arms a one-time cut like CutAfter, but counts the bytes that clients send
+// to the target, for example to break a ByteStream Write in the middle of a blob.
+func (p *TCP) CutAfterToServer(bytes int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+
+	p.toServer = cutBudget{armed: true, left: bytes}
+}
+
+// Cuts returns how many connections CutAfter and CutAfterToServer have cut.
 func (p *TCP) Cuts() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -84,7 +99,7 @@ func (p *TCP) Connections() int {
 }
 
 // CloseConnections resets every open connection, as a restarting peer or a broken network
-// would; the proxy keeps accepting new ones.
+// would. The proxy keeps accepting new connections.
 func (p *TCP) CloseConnections() {
 	p.mu.Lock()
 	pairs := make([]*tcpPair, 0, len(p.open))
@@ -126,16 +141,16 @@ func (p *TCP) accept() {
 		p.mu.Unlock()
 
 		p.wg.Add(2)
-		go p.copyToUpstream(pair)
+		go p.copyToServer(pair)
 		go p.copyToClient(pair)
 	}
 }
 
-func (p *TCP) copyToUpstream(pair *tcpPair) {
+func (p *TCP) copyToServer(pair *tcpPair) {
 	defer p.wg.Done()
 
-	_, err := io.Copy(pair.upstream, pair.client)
-	if err != nil {
+	clientClosed := p.copyWithBudget(pair.upstream, pair.client, &p.toServer)
+	if !clientClosed {
 		p.forget(pair)
 		pair.reset()
 		return
@@ -147,49 +162,51 @@ func (p *TCP) copyToUpstream(pair *tcpPair) {
 	}
 }
 
-// copyToClient copies target bytes to the client and applies an armed cut.
 func (p *TCP) copyToClient(pair *tcpPair) {
 	defer p.wg.Done()
-	defer func() {
-		p.forget(pair)
-		pair.reset()
-	}()
 
+	p.copyWithBudget(pair.client, pair.upstream, &p.toClient)
+	p.forget(pair)
+	pair.reset()
+}
+
+// copyWithBudget copies from src to dst until src ends, a write fails, or the armed budget is
+// spent. It returns whether src ended cleanly (EOF).
+func (p *TCP) copyWithBudget(dst, src net.Conn, budget *cutBudget) bool {
 	buf := make([]byte, 32<<10)
 	for {
-		n, err := pair.upstream.Read(buf)
+		n, err := src.Read(buf)
 		if n > 0 {
-			allowed, cut := p.takeBudget(int64(n))
-			if _, werr := pair.client.Write(buf[:allowed]); werr != nil {
-				return
+			allowed, cut := p.takeBudget(budget, int64(n))
+			if _, werr := dst.Write(buf[:allowed]); werr != nil {
+				return false
 			}
 			if cut {
-				return
+				return false
 			}
 		}
 		if err != nil {
-			return
+			return isEOF(err)
 		}
 	}
 }
 
-// takeBudget returns how many of n bytes may go to the client and whether the connection must
-// be cut after them.
-func (p *TCP) takeBudget(n int64) (int64, bool) {
+// takeBudget returns how many of n bytes may pass and whether the connection must be cut
+// after them.
+func (p *TCP) takeBudget(budget *cutBudget, n int64) (int64, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 
-	if !p.cutArmed {
+	if !budget.armed {
 		return n, false
 	}
-	if n < p.cutLeft {
-		p.cutLeft -= n
+	if n < budget.left {
+		budget.left -= n
 		return n, false
 	}
 
-	allowed := p.cutLeft
-	p.cutArmed = false
-	p.cutLeft = 0
+	allowed := budget.left
+	*budget = cutBudget{}
 	p.cuts++
 	return allowed, true
 }
@@ -220,4 +237,8 @@ func (p *TCP) close() {
 	p.listener.Close()
 	p.CloseConnections()
 	p.wg.Wait()
+}
+
+func isEOF(err error) bool {
+	return errors.Is(err, io.EOF)
 }

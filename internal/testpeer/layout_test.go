@@ -21,6 +21,7 @@ func TestWriteLayoutBlobsMatchDigests(t *testing.T) {
 		{"gzip", LayoutSpec{Layers: []int64{1000, 70000}, Gzip: true}},
 		{"raw", LayoutSpec{Layers: []int64{0, 12345}, RawLayers: true}},
 		{"empty layer only", LayoutSpec{EmptyLayer: true}},
+		{"no layers", LayoutSpec{}},
 		{"docker multi-platform nested", LayoutSpec{Layers: []int64{10}, Gzip: true, Docker: true, MultiPlatform: true, Nested: true, EmptyLayer: true}},
 	}
 	for _, tc := range cases {
