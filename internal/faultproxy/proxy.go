@@ -79,14 +79,14 @@ type rule struct {
 	delay      time.Duration
 }
 
-// New starts a proxy that forwards to upstream, a base URL such as "http://127.0.0.1:5000",
-// and closes it on cleanup.
+// New starts a proxy that forwards to upstream, a plain-HTTP base URL such as
+// "http://127.0.0.1:5000", and closes it on cleanup.
 func New(t testing.TB, upstream string) *Proxy {
 	t.Helper()
 
 	target, err := url.Parse(upstream)
-	if err != nil || target.Scheme == "" || target.Host == "" {
-		t.Fatalf("faultproxy: invalid upstream URL %q; pass a base URL such as http://127.0.0.1:5000", upstream)
+	if err != nil || target.Scheme != "http" || target.Host == "" {
+		t.Fatalf("faultproxy: invalid upstream URL %q; pass a plain-HTTP base URL such as http://127.0.0.1:5000", upstream)
 	}
 
 	p := &Proxy{upstream: target}
