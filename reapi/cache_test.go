@@ -3,13 +3,21 @@ package reapi
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	cryptorand "crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -643,49 +651,152 @@ type readerFunc func(p []byte) (int, error)
 
 func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
-func TestUnixSocket(t *testing.T) {
-	skipShort(t)
-	dir := t.TempDir()
-	socket := filepath.Join(dir, "cache.sock")
-	logFile, err := os.Create(filepath.Join(dir, "bazel-remote.log"))
+// startBazelRemoteProcess starts bazel-remote with args for the setups that testpeer does not
+// offer (a unix socket, TLS), waits until ready returns true, and stops it on cleanup.
+func startBazelRemoteProcess(t *testing.T, dir string, args []string, ready func() bool) {
+	t.Helper()
+
+	logPath := filepath.Join(dir, "bazel-remote.log")
+	logFile, err := os.Create(logPath)
 	if err != nil {
 		t.Fatalf("create log: %v", err)
 	}
-	defer logFile.Close()
-
-	// testpeer starts bazel-remote on TCP only, so start it here with a unix socket.
-	cmd := exec.Command(testpeer.Tool(t, "bazel-remote"),
-		"--dir", filepath.Join(dir, "cache"), "--max_size", "1",
-		"--grpc_address", "unix://"+socket,
-		"--http_address", fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t)))
+	args = append([]string{"--dir", filepath.Join(dir, "cache"), "--max_size", "1"}, args...)
+	cmd := exec.Command(testpeer.Tool(t, "bazel-remote"), args...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	if err := cmd.Start(); err != nil {
+		logFile.Close()
 		t.Fatalf("start bazel-remote: %v", err)
 	}
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		cmd.Wait()
+		logFile.Close()
 		if t.Failed() {
-			log, _ := os.ReadFile(logFile.Name())
+			log, _ := os.ReadFile(logPath)
 			t.Logf("bazel-remote log:\n%s", log)
 		}
 	})
 
 	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if _, err := os.Stat(socket); err == nil {
-			break
-		}
+	for !ready() {
 		if time.Now().After(deadline) {
-			t.Fatalf("bazel-remote did not create %s within 20s", socket)
+			t.Fatalf("bazel-remote %v was not ready within 20s", args)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+func TestUnixSocket(t *testing.T) {
+	skipShort(t)
+	dir := t.TempDir()
+	socket := filepath.Join(dir, "cache.sock")
+	startBazelRemoteProcess(t, dir, []string{
+		"--grpc_address", "unix://" + socket,
+		"--http_address", fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t)),
+	}, func() bool {
+		_, err := os.Stat(socket)
+		return err == nil
+	})
 
 	c := dial(t, "unix://"+socket, Options{})
 	if got := c.Endpoint(); got != "unix://"+socket {
 		t.Errorf("Endpoint() = %q, want %q", got, "unix://"+socket)
 	}
 	roundTrip(t, c, randomBlob{seed: 13, size: 2 << 20})
+}
+
+func TestTLS(t *testing.T) {
+	skipShort(t)
+	dir := t.TempDir()
+	certFile, keyFile := writeSelfSignedCert(t, dir)
+	grpcAddr := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
+	startBazelRemoteProcess(t, dir, []string{
+		"--grpc_address", grpcAddr,
+		"--http_address", fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t)),
+		"--tls_cert_file", certFile,
+		"--tls_key_file", keyFile,
+	}, func() bool {
+		conn, err := net.Dial("tcp", grpcAddr)
+		if err == nil {
+			conn.Close()
+		}
+		return err == nil
+	})
+
+	t.Run("trusted CA file", func(t *testing.T) {
+		c := dial(t, "grpcs://"+grpcAddr, Options{CAFile: certFile})
+		roundTrip(t, c, randomBlob{seed: 14, size: 2 << 20})
+	})
+
+	t.Run("system roots", func(t *testing.T) {
+		_, err := Dial(testContext(t), "grpcs://"+grpcAddr, Options{Retries: -1})
+		if err == nil {
+			t.Fatal("Dial trusted a self-signed certificate without the CA file")
+		}
+		if !strings.Contains(err.Error(), "certificate") {
+			t.Errorf("error %q does not mention the certificate", err)
+		}
+	})
+
+	t.Run("CA file without certificates", func(t *testing.T) {
+		_, err := Dial(testContext(t), "grpcs://"+grpcAddr, Options{CAFile: keyFile})
+		if err == nil || !strings.Contains(err.Error(), "contains no PEM certificate") {
+			t.Errorf("Dial with a key as CA file: error %v, want one saying it contains no certificate", err)
+		}
+	})
+}
+
+// writeSelfSignedCert writes a self-signed certificate for 127.0.0.1 and its key as PEM files.
+func writeSelfSignedCert(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+
+	key, err := ecdsa.GenerateKey(elliptic.P256(), cryptorand.Reader)
+	if err != nil {
+		t.Fatalf("generate key: %v", err)
+	}
+	template := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "img test cache"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(cryptorand.Reader, template, template, &key.PublicKey, key)
+	if err != nil {
+		t.Fatalf("create certificate: %v", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatalf("marshal key: %v", err)
+	}
+
+	certFile = filepath.Join(dir, "cert.pem")
+	keyFile = filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatalf("write certificate: %v", err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatalf("write key: %v", err)
+	}
+	return certFile, keyFile
+}
+
+func TestDialCacheDown(t *testing.T) {
+	endpoint := fmt.Sprintf("grpc://127.0.0.1:%d", testpeer.FreePort(t))
+
+	_, err := Dial(testContext(t), endpoint, Options{Retries: 1})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("Dial of a closed port: error %v, want Unavailable", err)
+	}
+	for _, want := range []string{"remote cache " + endpoint + ": GetCapabilities", "check that the cache is running"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not contain %q", err, want)
+		}
+	}
 }

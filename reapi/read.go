@@ -12,7 +12,6 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"google.golang.org/genproto/googleapis/bytestream"
-	"google.golang.org/grpc/codes"
 )
 
 // maxZstdWindowBytes bounds the memory of one zstd decoder. Default and high compression
@@ -187,7 +186,7 @@ func (r *blobReader) resume(err error) error {
 	if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
 		// The server ended the stream before the blob's last byte. Treat it as a dropped
 		// stream: a server that keeps doing so runs out of retries.
-		err = statusError(codes.Unavailable, fmt.Sprintf("stream ended at offset %d of %d", r.pos, r.d.Size))
+		err = &streamEndedError{offset: r.pos, size: r.d.Size}
 	}
 	if r.ctx.Err() != nil {
 		return c.rpcError(fmt.Sprintf("ByteStream.Read of blob %s", r.d), context.Cause(r.ctx))
@@ -242,6 +241,15 @@ func (r *blobReader) Close() error {
 		r.err = fmt.Errorf("remote cache %s: read blob %s: reader is closed", r.c.endpoint, r.d)
 	}
 	return nil
+}
+
+// streamEndedError is a ByteStream Read that ended without error before the blob's last byte.
+type streamEndedError struct {
+	offset, size int64
+}
+
+func (e *streamEndedError) Error() string {
+	return fmt.Sprintf("the cache ended the stream at offset %d of %d bytes", e.offset, e.size)
 }
 
 // chunkReader turns a ByteStream Read stream into an io.Reader. It keeps the stream's error,

@@ -25,10 +25,15 @@ const (
 // caller's own deadline, which retry checks first); ABORTED a conflict that the server asks
 // the client to retry, such as concurrent writes of one blob. Other codes (NOT_FOUND,
 // INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, INTERNAL, UNKNOWN) repeat the same way.
+// A ByteStream Read that ends early counts as a dropped stream.
 func retryable(err error) bool {
 	var credErr *credentialError
 	if errors.As(err, &credErr) {
 		return false
+	}
+	var endedErr *streamEndedError
+	if errors.As(err, &endedErr) {
+		return true
 	}
 	switch status.Code(err) {
 	case codes.Unavailable, codes.ResourceExhausted, codes.DeadlineExceeded, codes.Aborted:
