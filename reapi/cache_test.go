@@ -258,6 +258,19 @@ func TestWriteReadLarge(t *testing.T) {
 	})
 }
 
+func TestZstdReadFromUncompressedStorage(t *testing.T) {
+	skipShort(t)
+	// bazel-remote v2.6.1 announces zstd whatever its --storage_mode, and compresses on the
+	// fly when it stores blobs uncompressed.
+	cache := testpeer.StartBazelRemote(t, testpeer.WithBazelRemoteArgs("--storage_mode", "uncompressed"))
+	c := dial(t, cache.Endpoint(), Options{})
+	if !c.Capabilities().Zstd {
+		t.Fatal("Capabilities().Zstd = false with --storage_mode uncompressed, want true")
+	}
+
+	roundTrip(t, c, randomBlob{seed: 15, size: 3 << 20})
+}
+
 func TestWriteExistingBlobCompletesEarly(t *testing.T) {
 	skipShort(t)
 	cache := testpeer.StartBazelRemote(t)
@@ -415,9 +428,10 @@ func TestInstanceNameRoundTrip(t *testing.T) {
 		t.Errorf("read digest = %v, want %v", got, d)
 	}
 
-	// bazel-remote v2.6.1 ignores instance names (its GetCapabilities says so), so the blob
-	// is visible under every instance. A cache that separates instances would report it
-	// missing here; this checks only that the name travels in well-formed requests.
+	// bazel-remote v2.6.1 ignores instance names (a comment in its GetCapabilities states
+	// this), so the blob is visible under every instance. A cache that separates instances
+	// would report it missing here, so this checks only that requests carrying the name are
+	// well-formed.
 	other := dial(t, cache.Endpoint(), Options{InstanceName: "other"})
 	missing, err := other.FindMissing(ctx, []Digest{d})
 	if err != nil {

@@ -72,7 +72,7 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Capabilities is what the cache announced in GetCapabilities.
+// Capabilities are the cache limits and features announced in GetCapabilities.
 type Capabilities struct {
 	// MaxBatchTotalSizeBytes is the cache's limit for the blob bytes in one batch call; 0
 	// means the cache sets none beyond the gRPC message size.

@@ -229,7 +229,7 @@ func (r *blobReader) finish() error {
 	return io.EOF
 }
 
-// Close ends the stream. It never fails.
+// Close ends the stream and always returns nil.
 func (r *blobReader) Close() error {
 	r.stopStream()
 	r.cancel()

@@ -20,10 +20,10 @@ const (
 
 // retryable reports whether a failed call may succeed when repeated.
 //
-// UNAVAILABLE covers dropped connections and streams and restarting servers;
-// RESOURCE_EXHAUSTED a busy server; DEADLINE_EXCEEDED a server-side timeout (never the
-// caller's own deadline, which retry checks first); ABORTED a conflict that the server asks
-// the client to retry, such as concurrent writes of one blob. Other codes (NOT_FOUND,
+// UNAVAILABLE covers dropped connections and streams and restarting servers.
+// RESOURCE_EXHAUSTED is a busy server, and DEADLINE_EXCEEDED a server-side timeout (the
+// caller's own deadline is checked first and never retried). ABORTED is a conflict, such as
+// concurrent writes of one blob, that REAPI servers expect the client to retry. Other codes (NOT_FOUND,
 // INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, INTERNAL, UNKNOWN) repeat the same way.
 // A ByteStream Read that ends early counts as a dropped stream.
 func retryable(err error) bool {

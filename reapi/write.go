@@ -18,10 +18,10 @@ import (
 // Write uploads d's bytes, read from r, to the cache.
 //
 // Blobs up to 512 KiB go through BatchUpdateBlobs. Larger blobs are streamed with ByteStream
-// Write in 1 MiB chunks. After a broken stream, QueryWriteStatus tells how much the cache
-// kept, and the upload resumes there; when r is an io.Seeker (an *os.File, for example) it
-// is rewound as far as needed, and otherwise a resume that needs bytes already read from r
-// fails. An upload that the cache completes early, because it already has the blob, is a
+// Write in 1 MiB chunks. After a broken stream, QueryWriteStatus returns how much the cache
+// kept, and the upload resumes there. When r is an io.Seeker (an *os.File, for example) it
+// is rewound as far as needed. Otherwise a resume that needs bytes already read from r
+// fails, and bazel-remote keeps no partial uploads, so any broken stream needs a rewind. An upload that the cache completes early, because it already has the blob, is a
 // success. The bytes are hashed as they are read, and the final chunk is never sent when
 // they do not match d, so the cache never commits a wrong blob from this client.
 func (c *Client) Write(ctx context.Context, d Digest, r io.Reader) error {
@@ -220,7 +220,7 @@ func (s *uploadSource) next(d Digest, n int64) ([]byte, error) {
 	buf := s.buf[:n]
 	read, err := io.ReadFull(s.r, buf)
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return nil, fmt.Errorf("the source ended after %d bytes, but the digest says %d", s.pos+int64(read), d.Size)
+		return nil, fmt.Errorf("the source ended after %d bytes, but the digest has size %d", s.pos+int64(read), d.Size)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read the source at offset %d: %w", s.pos, err)
@@ -245,7 +245,7 @@ func (s *uploadSource) checkEnd(d Digest) error {
 	var extra [1]byte
 	n, err := io.ReadFull(s.r, extra[:])
 	if n > 0 {
-		return fmt.Errorf("the source has more than the %d bytes the digest says", d.Size)
+		return fmt.Errorf("the source is longer than the digest size of %d bytes", d.Size)
 	}
 	if err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("read the source at offset %d: %w", s.pos, err)
