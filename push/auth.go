@@ -50,7 +50,9 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 
 	if t.helper != nil {
-		headers, err := t.helper.Get(req.Context(), t.scheme+"://"+t.host+req.URL.Path)
+		// One URI per registry, so the helper runs once per registry rather than once
+		// per blob path; helpers hand out host-wide credentials.
+		headers, err := t.helper.Get(req.Context(), t.scheme+"://"+t.host+"/v2/")
 		if err != nil {
 			return nil, fmt.Errorf("credential helper for registry %s: %w", t.host, err)
 		}
