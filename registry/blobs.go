@@ -30,7 +30,8 @@ func blobError(err error) error {
 		return wrapError(codeBlobUnknown, err)
 	}
 	if errors.Is(err, blobstore.ErrUnsupportedDigest) {
-		return wrapError(codeUnsupported, err)
+		// A store that cannot address the digest cannot hold the blob either.
+		return wrapError(codeBlobUnknown, err)
 	}
 	return err
 }

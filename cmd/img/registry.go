@@ -18,10 +18,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 
+	"github.com/rulesimg/img/credhelper"
+	blobcachepb "github.com/rulesimg/img/proto/blobcache"
+	"github.com/rulesimg/img/reapi"
 	"github.com/rulesimg/img/registry"
+	"github.com/rulesimg/img/registry/blobcache"
 	"github.com/rulesimg/img/registry/blobstore"
 	"github.com/rulesimg/img/registry/blobstore/filesystem"
+	reapistore "github.com/rulesimg/img/registry/blobstore/reapi"
 	"github.com/rulesimg/img/registry/metadata"
 )
 
@@ -39,6 +45,10 @@ type registryFlags struct {
 	chunkMinLength   int64
 	shutdownTimeout  time.Duration
 	uploadMaxAge     time.Duration
+	existsCacheTTL   time.Duration
+
+	// cache is the remote cache connection, dialed on first use.
+	cache *reapi.Client
 }
 
 func init() {
@@ -71,6 +81,7 @@ cas_registry pushes register blobs that already sit in the remote cache.`,
 	f.Int64Var(&flags.chunkMinLength, "chunk-min-length", registry.DefaultChunkMinLength, "chunk size in bytes announced to clients in OCI-Chunk-Min-Length; 0 announces nothing")
 	f.DurationVar(&flags.shutdownTimeout, "shutdown-timeout", 5*time.Minute, "how long SIGTERM or SIGINT waits for requests in flight, such as uploads, before closing them")
 	f.DurationVar(&flags.uploadMaxAge, "upload-max-age", 24*time.Hour, "upload sessions untouched for this long are removed at startup")
+	f.DurationVar(&flags.existsCacheTTL, "blob-exists-cache-ttl", 0, "how long a blob found by HEAD is remembered without asking the stores again; a blob evicted from the remote cache still answers HEAD for up to this long (default 0, off)")
 
 	rootCmd.AddCommand(cmd)
 }
@@ -114,6 +125,11 @@ func runRegistry(ctx context.Context, flags *registryFlags) error {
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	defer func() {
+		if flags.cache != nil {
+			flags.cache.Close()
+		}
+	}()
 	blobs, closeBlobs, err := openBlobStores(ctx, flags, meta, metrics, logger)
 	if err != nil {
 		return err
@@ -212,7 +228,7 @@ func openBlobStores(ctx context.Context, flags *registryFlags, meta metadata.Sto
 		}
 		stores = append(stores, store)
 	}
-	return registryBlobStack(stores, meta, metrics), closeAll, nil
+	return registryBlobStack(stores, meta, metrics, flags.existsCacheTTL), closeAll, nil
 }
 
 func openBlobStore(ctx context.Context, name string, flags *registryFlags, meta metadata.Store, logger *slog.Logger) (blobstore.Store, func(), error) {
@@ -237,7 +253,7 @@ func openBlobStore(ctx context.Context, name string, flags *registryFlags, meta 
 
 // registryBlobStack wraps the chained stores with the size index (so the reapi store can
 // address blobs uploaded through any store), an existence cache and metrics.
-func registryBlobStack(stores []blobstore.Store, meta metadata.Store, metrics prometheus.Registerer) blobstore.Store {
+func registryBlobStack(stores []blobstore.Store, meta metadata.Store, metrics prometheus.Registerer, existsCacheTTL time.Duration) blobstore.Store {
 	storeMetrics, err := blobstore.NewMetrics(metrics)
 	if err == nil {
 		for i, store := range stores {
@@ -245,24 +261,90 @@ func registryBlobStack(stores []blobstore.Store, meta metadata.Store, metrics pr
 		}
 	}
 	chained := blobstore.WithSizeIndex(blobstore.Chain(stores...), meta)
-	// A short TTL bounds how long a blob evicted from a cache still answers HEAD with 200.
-	return blobstore.WithExistenceCache(chained, 10*time.Second, 100_000)
+	if existsCacheTTL <= 0 {
+		return chained
+	}
+	return blobstore.WithExistenceCache(chained, existsCacheTTL, 100_000)
 }
 
 func storeLabel(index int, store blobstore.Store) string {
 	switch store.(type) {
 	case *filesystem.Store:
 		return "filesystem"
+	case *reapistore.Store:
+		return "reapi"
 	default:
 		return fmt.Sprintf("store%d", index)
 	}
 }
 
-// openREAPIStore is filled in once the reapi client package exists.
-func openREAPIStore(ctx context.Context, flags *registryFlags, meta metadata.Store, logger *slog.Logger) (blobstore.Store, func(), error) {
-	return nil, nil, errors.New("--blob-store reapi is not available in this build")
+// dialCache connects to --reapi-endpoint once; the reapi store and the blob-cache service share
+// the connection.
+func (flags *registryFlags) dialCache(ctx context.Context, logger *slog.Logger) (*reapi.Client, error) {
+	if flags.cache != nil {
+		return flags.cache, nil
+	}
+	if flags.reapiEndpoint == "" {
+		return nil, errors.New("--blob-store reapi and --enable-blobcache need --reapi-endpoint (or $IMG_REAPI_ENDPOINT), for example grpc://localhost:9092")
+	}
+	opts := reapi.Options{InstanceName: flags.instanceName, Logger: logger}
+	if flags.credentialHelper != "" {
+		opts.CredentialHelper = credhelper.New(flags.credentialHelper)
+	}
+	client, err := reapi.Dial(ctx, flags.reapiEndpoint, opts)
+	if err != nil {
+		return nil, fmt.Errorf("connect to --reapi-endpoint: %w", err)
+	}
+	flags.cache = client
+	return client, nil
 }
 
+func openREAPIStore(ctx context.Context, flags *registryFlags, meta metadata.Store, logger *slog.Logger) (blobstore.Store, func(), error) {
+	client, err := flags.dialCache(ctx, logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := reapistore.New(client, meta, filepath.Join(flags.dataDir, "reapi-uploads"))
+	if err != nil {
+		return nil, nil, err
+	}
+	if removed, err := store.Uploads().PurgeStale(flags.uploadMaxAge); err != nil {
+		logger.Warn("purging stale upload sessions failed", "error", err)
+	} else if removed > 0 {
+		logger.Info("removed stale upload sessions", "count", removed)
+	}
+	logger.Info("reapi blob store ready", "endpoint", client.Endpoint(), "instance_name", client.InstanceName())
+	return store, nil, nil
+}
+
+// startBlobcache listens on --grpc-port and returns functions that serve and stop the gRPC
+// blob-cache service.
 func startBlobcache(ctx context.Context, flags *registryFlags, meta metadata.Store, logger *slog.Logger) (func() error, func(context.Context), error) {
-	return nil, nil, errors.New("--enable-blobcache is not available in this build")
+	client, err := flags.dialCache(ctx, logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	listener, err := net.Listen("tcp", net.JoinHostPort(flags.address, strconv.Itoa(flags.grpcPort)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen on --address %s --grpc-port %d: %w", flags.address, flags.grpcPort, err)
+	}
+
+	server := grpc.NewServer()
+	blobcachepb.RegisterBlobsServer(server, blobcache.NewServer(client, meta, logger))
+	logger.Info("blob-cache service started", "address", listener.Addr().String())
+
+	serve := func() error { return server.Serve(listener) }
+	stop := func(ctx context.Context) {
+		stopped := make(chan struct{})
+		go func() {
+			server.GracefulStop()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-ctx.Done():
+			server.Stop()
+		}
+	}
+	return serve, stop, nil
 }

@@ -105,6 +105,15 @@ type SizeIndex interface {
 	DeleteBlobSize(ctx context.Context, dgst digest.Digest) error
 }
 
+// AliasIndex maps a digest to another digest of the same bytes. A store whose backend knows
+// only sha256 (a REAPI cache) keeps sha512 blobs under their sha256 digest with an alias.
+type AliasIndex interface {
+	// Alias returns the digest recorded for dgst, or ErrNotFound.
+	Alias(ctx context.Context, dgst digest.Digest) (digest.Digest, error)
+	PutAlias(ctx context.Context, dgst, target digest.Digest) error
+	DeleteAlias(ctx context.Context, dgst digest.Digest) error
+}
+
 // ValidateDigest checks that dgst is well formed and uses sha256 or sha512, the algorithms the
 // registry accepts.
 func ValidateDigest(dgst digest.Digest) error {

@@ -20,12 +20,14 @@ import (
 //	repositories/<repository>/tags/<tag>           digest
 //	repositories/<repository>/referrers/<subject digest> <referrer digest>   JSON Descriptor
 //	blobsizes/<digest>                              8-byte big-endian size
+//	aliases/<digest>                                digest of the same bytes (blobstore.AliasIndex)
 var (
 	bucketRepositories = []byte("repositories")
 	bucketManifests    = []byte("manifests")
 	bucketTags         = []byte("tags")
 	bucketReferrers    = []byte("referrers")
 	bucketBlobSizes    = []byte("blobsizes")
+	bucketAliases      = []byte("aliases")
 )
 
 type boltManifest struct {
@@ -50,7 +52,7 @@ func OpenBolt(path string) (*Bolt, error) {
 		return nil, fmt.Errorf("open metadata database %s (is another img registry using this --data-dir?): %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketRepositories, bucketBlobSizes} {
+		for _, name := range [][]byte{bucketRepositories, bucketBlobSizes, bucketAliases} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -361,6 +363,28 @@ func (b *Bolt) PutBlobSize(ctx context.Context, dgst digest.Digest, size int64) 
 	return nil
 }
 
+// PutBlobSizes records many blob sizes in one transaction.
+func (b *Bolt) PutBlobSizes(ctx context.Context, sizes map[digest.Digest]int64) error {
+	if len(sizes) == 0 {
+		return nil
+	}
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		bucket := tx.Bucket(bucketBlobSizes)
+		for dgst, size := range sizes {
+			var value [8]byte
+			binary.BigEndian.PutUint64(value[:], uint64(size))
+			if err := bucket.Put([]byte(dgst), value[:]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("record sizes of %d blobs: %w", len(sizes), err)
+	}
+	return nil
+}
+
 // DeleteBlobSize forgets a blob size; forgetting an unknown digest is not an error.
 func (b *Bolt) DeleteBlobSize(ctx context.Context, dgst digest.Digest) error {
 	err := b.db.Update(func(tx *bolt.Tx) error {
@@ -368,6 +392,44 @@ func (b *Bolt) DeleteBlobSize(ctx context.Context, dgst digest.Digest) error {
 	})
 	if err != nil {
 		return fmt.Errorf("forget size of blob %s: %w", dgst, err)
+	}
+	return nil
+}
+
+// Alias returns the digest recorded for dgst, or blobstore.ErrNotFound.
+func (b *Bolt) Alias(ctx context.Context, dgst digest.Digest) (digest.Digest, error) {
+	var target digest.Digest
+	err := b.db.View(func(tx *bolt.Tx) error {
+		target = digest.Digest(tx.Bucket(bucketAliases).Get([]byte(dgst)))
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("read alias of blob %s: %w", dgst, err)
+	}
+	if target == "" {
+		return "", fmt.Errorf("no alias recorded for blob %s: %w", dgst, blobstore.ErrNotFound)
+	}
+	return target, nil
+}
+
+// PutAlias records that dgst names the same bytes as target.
+func (b *Bolt) PutAlias(ctx context.Context, dgst, target digest.Digest) error {
+	err := b.db.Batch(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketAliases).Put([]byte(dgst), []byte(target))
+	})
+	if err != nil {
+		return fmt.Errorf("record alias of blob %s: %w", dgst, err)
+	}
+	return nil
+}
+
+// DeleteAlias forgets an alias; forgetting an unknown digest is not an error.
+func (b *Bolt) DeleteAlias(ctx context.Context, dgst digest.Digest) error {
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketAliases).Delete([]byte(dgst))
+	})
+	if err != nil {
+		return fmt.Errorf("forget alias of blob %s: %w", dgst, err)
 	}
 	return nil
 }

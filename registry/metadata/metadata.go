@@ -75,5 +75,11 @@ type Store interface {
 	PutBlobSize(ctx context.Context, dgst digest.Digest, size int64) error
 	DeleteBlobSize(ctx context.Context, dgst digest.Digest) error
 
+	// Alias, PutAlias and DeleteAlias map a digest to another digest of the same bytes
+	// (blobstore.AliasIndex), for stores that keep blobs under one algorithm.
+	Alias(ctx context.Context, dgst digest.Digest) (digest.Digest, error)
+	PutAlias(ctx context.Context, dgst, target digest.Digest) error
+	DeleteAlias(ctx context.Context, dgst digest.Digest) error
+
 	Close() error
 }

@@ -214,7 +214,7 @@ func (u *Upload) Verify(expected digest.Digest) error {
 		return fmt.Errorf("flush upload %s: %w", u.id, err)
 	}
 
-	actual, err := u.digest(expected.Algorithm())
+	actual, err := u.Digest(expected.Algorithm())
 	if err != nil {
 		return err
 	}
@@ -224,7 +224,9 @@ func (u *Upload) Verify(expected digest.Digest) error {
 	return nil
 }
 
-func (u *Upload) digest(algorithm digest.Algorithm) (digest.Digest, error) {
+// Digest returns the digest of the stored bytes. sha256 comes from the running hash when it
+// covers every byte; other algorithms read the file again.
+func (u *Upload) Digest(algorithm digest.Algorithm) (digest.Digest, error) {
 	if algorithm == digest.SHA256 && u.hashed == u.size {
 		return digest.NewDigest(digest.SHA256, u.sha256), nil
 	}
