@@ -271,6 +271,26 @@ func TestZstdReadFromUncompressedStorage(t *testing.T) {
 	roundTrip(t, c, randomBlob{seed: 15, size: 3 << 20})
 }
 
+func TestConcurrentWritesAndReads(t *testing.T) {
+	skipShort(t)
+	cache := testpeer.StartBazelRemote(t)
+	c := dial(t, cache.Endpoint(), Options{})
+
+	// The parallel subtests finish before the "blobs" group returns.
+	t.Run("blobs", func(t *testing.T) {
+		for i := range 8 {
+			size := int64(3 << 20)
+			if i%2 == 0 {
+				size = 4000
+			}
+			t.Run(fmt.Sprintf("blob %d", i), func(t *testing.T) {
+				t.Parallel()
+				roundTrip(t, c, randomBlob{seed: uint64(30 + i), size: size})
+			})
+		}
+	})
+}
+
 func TestWriteExistingBlobCompletesEarly(t *testing.T) {
 	skipShort(t)
 	cache := testpeer.StartBazelRemote(t)

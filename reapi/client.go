@@ -96,8 +96,8 @@ type Client struct {
 	byteStream bytestream.ByteStreamClient
 }
 
-// Dial connects to a remote cache at grpc://host:port, grpcs://host:port (TLS) or
-// unix:///path/to/socket, and calls GetCapabilities to check that the cache supports SHA-256.
+// Dial connects to a remote cache at grpc://host:port, grpcs://host[:port] (TLS, port 443 by
+// default) or unix:///path/to/socket, and calls GetCapabilities to check that the cache supports SHA-256.
 // A grpc:// or grpcs:// endpoint may carry user:password@, which is sent as HTTP basic auth
 // in the authorization header, the form bazel-remote's --htpasswd_file checks.
 func Dial(ctx context.Context, endpoint string, opts Options) (*Client, error) {
@@ -155,7 +155,7 @@ func parseEndpoint(endpoint, caFile string) (target, authority string, transport
 
 	switch u.Scheme {
 	case "grpc", "grpcs":
-		if u.Host == "" || u.Port() == "" {
+		if u.Host == "" || u.Port() == "" && u.Scheme == "grpc" {
 			return "", "", nil, "", "", fmt.Errorf("remote cache %q: invalid endpoint: missing host:port; use %s://host:port", endpoint, u.Scheme)
 		}
 		if u.Path != "" && u.Path != "/" || u.RawQuery != "" {
@@ -167,7 +167,11 @@ func parseEndpoint(endpoint, caFile string) (target, authority string, transport
 		}
 		display = u.Scheme + "://" + u.Host
 		target = u.Host
-		authority = u.Host
+		if u.Port() == "" {
+			// grpc-go's DNS resolver, like grpc-java's, uses 443 for a target without a port.
+			target = u.Host + ":443"
+		}
+		authority = target
 		transport = insecure.NewCredentials()
 		if u.Scheme == "grpcs" {
 			transport, err = tlsCredentials(display, caFile)

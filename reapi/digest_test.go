@@ -157,3 +157,38 @@ func TestDialInvalidEndpoint(t *testing.T) {
 		})
 	}
 }
+
+func TestParseEndpoint(t *testing.T) {
+	tests := []struct {
+		endpoint      string
+		wantTarget    string
+		wantAuthority string
+		wantDisplay   string
+		wantBasicAuth bool
+	}{
+		{"grpc://127.0.0.1:9092", "127.0.0.1:9092", "127.0.0.1:9092", "grpc://127.0.0.1:9092", false},
+		{"grpcs://cache.example", "cache.example:443", "cache.example:443", "grpcs://cache.example", false},
+		{"grpcs://user:pass@cache.example:8443/", "cache.example:8443", "cache.example:8443", "grpcs://cache.example:8443", true},
+		{"unix:///run/cache.sock", "unix:///run/cache.sock", "localhost", "unix:///run/cache.sock", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.endpoint, func(t *testing.T) {
+			target, authority, _, basicAuth, display, err := parseEndpoint(tt.endpoint, "")
+			if err != nil {
+				t.Fatalf("parseEndpoint: %v", err)
+			}
+			if target != tt.wantTarget {
+				t.Errorf("target = %q, want %q", target, tt.wantTarget)
+			}
+			if authority != tt.wantAuthority {
+				t.Errorf("authority = %q, want %q", authority, tt.wantAuthority)
+			}
+			if display != tt.wantDisplay {
+				t.Errorf("display = %q, want %q", display, tt.wantDisplay)
+			}
+			if (basicAuth != "") != tt.wantBasicAuth {
+				t.Errorf("basic auth = %q, want set: %v", basicAuth, tt.wantBasicAuth)
+			}
+		})
+	}
+}
