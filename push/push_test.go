@@ -323,3 +323,27 @@ func httpHead(url string) (int, error) {
 	res.Body.Close()
 	return res.StatusCode, nil
 }
+
+func TestEagerPushMissingFileFailsBeforeWriting(t *testing.T) {
+	skipShort(t)
+	reg := testpeer.StartRegistry(t)
+	proxy := faultproxy.New(t, reg.URL)
+	info := testpeer.WriteLayout(t, t.TempDir(), testpeer.LayoutSpec{Layers: []int64{1 << 10, 2 << 10}})
+	req, err := image.ReadLayout(info.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(req.Files, info.Layers[1].Digest)
+	dest, _ := image.ParseDestination(proxy.Addr + "/missing:v1")
+	req.Destinations = []image.Destination{dest}
+	_, err = push.Push(context.Background(), req, push.Eager(req))
+	if err == nil {
+		t.Fatal("eager push without a layer file succeeded")
+	}
+	if !strings.Contains(err.Error(), "layer 2 of manifest") || !strings.Contains(err.Error(), "--strategy lazy") {
+		t.Errorf("error does not name the layer and the fix: %v", err)
+	}
+	if n := proxy.Count("POST", "."); n != 0 {
+		t.Errorf("%d uploads started before the missing file was found", n)
+	}
+}
