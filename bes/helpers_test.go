@@ -75,9 +75,11 @@ type testServerConfig struct {
 	fetcher    RequestFetcher
 	commitMode CommitMode
 	dataDir    string
+	// quiet drops the server's logs, for benchmarks.
+	quiet bool
 }
 
-func startTestServer(t *testing.T, config testServerConfig) *testServer {
+func startTestServer(t testing.TB, config testServerConfig) *testServer {
 	t.Helper()
 
 	if config.dataDir == "" {
@@ -91,12 +93,15 @@ func startTestServer(t *testing.T, config testServerConfig) *testServer {
 	registry := prometheus.NewRegistry()
 	metrics := NewMetrics(registry)
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if config.quiet {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	queue := NewQueue(store, config.fetcher, config.pusher, QueueOptions{
+		Logger:         logger,
 		Workers:        3,
 		MaxAttempts:    3,
 		InitialBackoff: 10 * time.Millisecond,
 		MaxBackoff:     50 * time.Millisecond,
-		Logger:         logger,
 		Metrics:        metrics,
 	})
 	if err := queue.Start(); err != nil {
@@ -127,7 +132,7 @@ func startTestServer(t *testing.T, config testServerConfig) *testServer {
 }
 
 // stop closes the queue and the store; calling it twice is harmless.
-func (ts *testServer) stop(t *testing.T) {
+func (ts *testServer) stop(t testing.TB) {
 	if ts.store.db == nil {
 		return
 	}
@@ -151,7 +156,7 @@ func (ts *testServer) waitDone(t *testing.T, invocationID string) []Job {
 	return jobs
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSuffix(string(p), "\n"))

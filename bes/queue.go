@@ -72,6 +72,10 @@ type Queue struct {
 	timers  map[string]*time.Timer
 	changed chan struct{}
 	closing bool
+	// running holds the jobs that workers run now. Their running state is kept in
+	// memory only, so a push start costs no disk write that would delay the next
+	// build event's acknowledgement; after a crash such a job is still queued.
+	running map[string]Job
 
 	// runCtx is the context of every push; Close cancels it only when in-flight pushes
 	// outlast the shutdown deadline.
@@ -92,6 +96,7 @@ func NewQueue(store Store, fetcher RequestFetcher, pusher Pusher, opts QueueOpti
 		metrics: opts.Metrics,
 		timers:  map[string]*time.Timer{},
 		changed: make(chan struct{}),
+		running: map[string]Job{},
 	}
 	q.cond = sync.NewCond(&q.mu)
 	q.runCtx, q.cancelRun = context.WithCancel(context.Background())
@@ -149,7 +154,7 @@ func (q *Queue) Wait(ctx context.Context, invocationID string) ([]Job, error) {
 		changed := q.changed
 		q.mu.Unlock()
 
-		jobs, err := q.store.ListInvocation(invocationID)
+		jobs, err := q.Jobs(invocationID)
 		if err != nil {
 			return nil, err
 		}
@@ -174,9 +179,21 @@ func allFinal(jobs []Job) bool {
 	return true
 }
 
-// Jobs returns the stored jobs of one invocation.
+// Jobs returns the jobs of one invocation as stored, with the state of running jobs.
 func (q *Queue) Jobs(invocationID string) ([]Job, error) {
-	return q.store.ListInvocation(invocationID)
+	jobs, err := q.store.ListInvocation(invocationID)
+	if err != nil {
+		return nil, err
+	}
+
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i, job := range jobs {
+		if running, ok := q.running[job.ID]; ok && !job.State.Final() {
+			jobs[i] = running
+		}
+	}
+	return jobs, nil
 }
 
 // Close stops the workers from taking jobs and waits for running pushes until ctx ends.
@@ -259,6 +276,16 @@ func (q *Queue) next() (Job, bool) {
 	return job, true
 }
 
+func (q *Queue) setRunning(job Job, running bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if running {
+		q.running[job.ID] = job
+	} else {
+		delete(q.running, job.ID)
+	}
+}
+
 func (q *Queue) notify() {
 	q.mu.Lock()
 	close(q.changed)
@@ -287,9 +314,7 @@ func (q *Queue) run(job Job) {
 	if job.StartedAt.IsZero() {
 		job.StartedAt = time.Now().UTC()
 	}
-	if err := q.store.Put(job); err != nil {
-		log.Error("recording push start failed; the push runs anyway", "error", err)
-	}
+	q.setRunning(job, true)
 	q.notify()
 
 	q.metrics.jobsRunning.Inc()
@@ -345,6 +370,7 @@ func (q *Queue) run(job Job) {
 	if err := q.store.Put(job); err != nil {
 		log.Error("recording push outcome failed; the job runs again after a restart", "state", job.State, "error", err)
 	}
+	q.setRunning(job, false)
 	if job.State == StateQueued && q.runCtx.Err() == nil {
 		q.schedule(job)
 	}

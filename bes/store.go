@@ -48,7 +48,7 @@ func OpenBoltStore(dir string) (*BoltStore, error) {
 		return nil, fmt.Errorf("open job store: create data directory %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, "jobs.db")
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, InitialMmapSize: 64 << 20, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		return nil, fmt.Errorf("open job store %s: %w; is another img bes using this --data-dir?", path, err)
 	}
