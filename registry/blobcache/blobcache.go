@@ -91,7 +91,6 @@ func (s *Server) Commit(ctx context.Context, req *blobcache.CommitRequest) (*blo
 	return response, nil
 }
 
-
 // bulkSizeIndex is implemented by size indexes that record many sizes in one transaction, such
 // as metadata.Bolt, which saves one disk sync per blob.
 type bulkSizeIndex interface {
