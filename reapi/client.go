@@ -185,7 +185,10 @@ func parseEndpoint(endpoint, caFile string) (target, authority string, transport
 		if u.Path == "" || u.Host != "" {
 			return "", "", nil, "", "", fmt.Errorf("remote cache %q: invalid endpoint: use unix:///absolute/path/to/socket", endpoint)
 		}
-		// grpc-go sets the :authority of unix socket channels to "localhost".
+		// grpc-go sets the :authority of unix socket channels to "localhost", so the credential
+		// helper is asked about https://localhost/<service>.
+		// NOTE: the authority Bazel's netty channel uses for unix sockets was not checked, so a
+		// helper may see another host for the same socket under Bazel.
 		return "unix://" + u.Path, "localhost", insecure.NewCredentials(), "", "unix://" + u.Path, nil
 
 	default:
