@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -113,5 +114,53 @@ func TestBoltBlobSizesSurviveReopen(t *testing.T) {
 	reopened.DeleteBlobSize(ctx, dgst)
 	if _, err := reopened.BlobSize(ctx, dgst); !errors.Is(err, blobstore.ErrNotFound) {
 		t.Errorf("BlobSize after delete = %v, want ErrNotFound", err)
+	}
+}
+
+func TestBoltAliases(t *testing.T) {
+	ctx := context.Background()
+	store, _ := openTestBolt(t)
+	sha512 := digest.SHA512.FromString("content")
+	sha256 := digest.FromString("content")
+
+	if err := store.PutAlias(ctx, sha512, sha256); err != nil {
+		t.Fatal(err)
+	}
+	got, err := store.Alias(ctx, sha512)
+	if err != nil || got != sha256 {
+		t.Errorf("Alias = %s, %v, want %s", got, err, sha256)
+	}
+	store.DeleteAlias(ctx, sha512)
+	if _, err := store.Alias(ctx, sha512); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Errorf("Alias after delete = %v, want ErrNotFound", err)
+	}
+}
+
+func TestBoltPutBlobSizes(t *testing.T) {
+	ctx := context.Background()
+	store, _ := openTestBolt(t)
+	sizes := map[digest.Digest]int64{digest.FromString("a"): 1, digest.FromString("bb"): 2}
+
+	if err := store.PutBlobSizes(ctx, sizes); err != nil {
+		t.Fatal(err)
+	}
+	for dgst, want := range sizes {
+		if got, err := store.BlobSize(ctx, dgst); err != nil || got != want {
+			t.Errorf("BlobSize(%s) = %d, %v, want %d", dgst, got, err, want)
+		}
+	}
+}
+
+func TestBoltSecondOpenFails(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits 5s for the file lock")
+	}
+	_, path := openTestBolt(t)
+	start := time.Now()
+	if _, err := OpenBolt(path); err == nil {
+		t.Fatal("second OpenBolt of a held file succeeded, want a lock error")
+	}
+	if elapsed := time.Since(start); elapsed < 4*time.Second {
+		t.Errorf("second OpenBolt failed after %s, want the 5s lock wait", elapsed)
 	}
 }
