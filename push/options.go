@@ -25,6 +25,7 @@ type options struct {
 	transport http.RoundTripper
 	progress  Progress
 	logger    *slog.Logger
+	uploads   *UploadGroup
 }
 
 // The defaults. Four concurrent uploads keep a gigabit link busy without opening more

@@ -132,18 +132,34 @@ func (p *pusher) mountTo(ctx context.Context, desc ocispec.Descriptor, dest *des
 	p.uploadTo(ctx, desc, dest, session)
 }
 
-// uploadTo uploads desc to one destination, recording failure on it.
+// uploadTo uploads desc to one destination, recording failure on it. When another
+// push in this process is uploading the same blob there, it waits for that upload.
 func (p *pusher) uploadTo(ctx context.Context, desc ocispec.Descriptor, dest *destination, session *uploadSession) {
 	tracker := p.opts.progress.Start(dest.String(), desc)
-	err := p.upload(ctx, desc, dest, session, tracker)
-	tracker.Done("pushed", err)
+	key := dest.String() + "@" + desc.Digest.String()
+	uploaded, err := p.opts.uploads.do(ctx, key, func() error {
+		return p.upload(ctx, desc, dest, session, tracker)
+	})
+	if !uploaded && session != nil {
+		// The session opened by a refused mount is not needed; the registry expires it.
+		p.opts.logger.Debug("blob uploaded by another push", "registry", dest.Registry, "repository", dest.Repository, "digest", desc.Digest)
+	}
+	how := "pushed"
+	if !uploaded {
+		how = "shared"
+	}
+	tracker.Done(how, err)
 	if err != nil {
 		dest.fail(err)
 		return
 	}
 	dest.count(func(r *DestinationResult) {
-		r.BlobsUploaded++
-		r.BytesUploaded += desc.Size
+		if uploaded {
+			r.BlobsUploaded++
+			r.BytesUploaded += desc.Size
+		} else {
+			r.BlobsExisting++
+		}
 	})
 }
 
