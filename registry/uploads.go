@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/opencontainers/go-digest"
 
@@ -181,7 +182,9 @@ func (s *Server) appendChunk(w http.ResponseWriter, r *http.Request, name string
 	}
 
 	before := writer.Size()
-	copied, err := io.Copy(writer, r.Body)
+	buffer := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(buffer)
+	copied, err := io.CopyBuffer(onlyWriter{writer}, r.Body, *buffer)
 	if err != nil {
 		// The stored bytes stay in the session, so a client can ask GET for the range and resume.
 		return fmt.Errorf("upload %s stopped after %d bytes of this request (holds %d): %w", writer.ID(), copied, before+copied, err)
@@ -191,6 +194,18 @@ func (s *Server) appendChunk(w http.ResponseWriter, r *http.Request, name string
 	}
 	return nil
 }
+
+// copyBuffers holds the buffers that request bodies are copied through. At 256 KiB, a file write
+// and a hash update cost little next to the bytes they move, where io.Copy's 32 KiB made eight
+// times as many write calls.
+var copyBuffers = sync.Pool{New: func() any {
+	buffer := make([]byte, 256<<10)
+	return &buffer
+}}
+
+// onlyWriter hides every method but Write, so io.CopyBuffer uses the pooled buffer even when a
+// store's writer implements io.ReaderFrom.
+type onlyWriter struct{ io.Writer }
 
 // parseContentRange reads the "<start>-<end>" form the spec uses for chunks (an optional
 // "bytes " prefix is accepted too).
