@@ -15,52 +15,7 @@ import (
 	bep "github.com/rulesimg/img/proto/buildeventstream"
 )
 
-func TestParseBytestreamURI(t *testing.T) {
-	hash := strings.Repeat("ab", 32)
-	tests := []struct {
-		uri      string
-		host     string
-		instance string
-		resource string
-	}{
-		{"bytestream://127.0.0.1:9092/blobs/" + hash + "/142", "127.0.0.1:9092", "", "blobs/" + hash + "/142"},
-		{"bytestream://cache:443/main/blobs/" + hash + "/0", "cache:443", "main", "main/blobs/" + hash + "/0"},
-		{"bytestream://cache/team/ci/blobs/" + hash + "/7", "cache", "team/ci", "team/ci/blobs/" + hash + "/7"},
-	}
-	for _, test := range tests {
-		blob, err := parseBytestreamURI(test.uri)
-		if err != nil {
-			t.Errorf("parseBytestreamURI(%q): %v", test.uri, err)
-			continue
-		}
-		if blob.host != test.host {
-			t.Errorf("parseBytestreamURI(%q) host is %q; expected %q", test.uri, blob.host, test.host)
-		}
-		if blob.instance != test.instance {
-			t.Errorf("parseBytestreamURI(%q) instance is %q; expected %q", test.uri, blob.instance, test.instance)
-		}
-		if got := blob.resourceName(); got != test.resource {
-			t.Errorf("parseBytestreamURI(%q) resource name is %q; expected %q", test.uri, got, test.resource)
-		}
-	}
-}
-
-func TestParseBytestreamURIInvalid(t *testing.T) {
-	for _, uri := range []string{
-		"file:///tmp/push.push_request.json",
-		"bytestream:///blobs/ab/1",
-		"bytestream://cache/ab/1",
-		"bytestream://cache/blobs/ab/-1",
-		"bytestream://cache/blobs/ab/ten",
-		"bytestream://cache/blobs//1",
-	} {
-		if _, err := parseBytestreamURI(uri); err == nil {
-			t.Errorf("parseBytestreamURI(%q) succeeded; expected an error", uri)
-		}
-	}
-}
-
-func TestCacheFetcherReadsFromBazelRemote(t *testing.T) {
+func TestCachePoolReadsFromBazelRemote(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts bazel-remote")
 	}
@@ -79,7 +34,7 @@ func TestCacheFetcherReadsFromBazelRemote(t *testing.T) {
 	}
 	for _, test := range tests {
 		t.Run(test.name, func(t *testing.T) {
-			fetcher := &CacheFetcher{Endpoint: test.endpoint}
+			fetcher := &CachePool{Endpoint: test.endpoint}
 			defer fetcher.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
@@ -95,12 +50,12 @@ func TestCacheFetcherReadsFromBazelRemote(t *testing.T) {
 	}
 }
 
-func TestCacheFetcherMissingBlob(t *testing.T) {
+func TestCachePoolMissingBlob(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts bazel-remote")
 	}
 	cache := testpeer.StartBazelRemote(t)
-	fetcher := &CacheFetcher{}
+	fetcher := &CachePool{}
 	defer fetcher.Close()
 
 	uri := fmt.Sprintf("bytestream://%s/blobs/%s/10", cache.GRPCAddr, strings.Repeat("0", 64))
@@ -143,7 +98,7 @@ func TestServerReadsPushRequestFromCache(t *testing.T) {
 	hash := uploadCAS(t, cache, data)
 
 	pusher := &recordingPusher{}
-	fetcher := &CacheFetcher{}
+	fetcher := &CachePool{}
 	defer fetcher.Close()
 	ts := startTestServer(t, testServerConfig{pusher: pusher, fetcher: fetcher})
 

@@ -12,6 +12,9 @@ type PushJob struct {
 	InvocationID string
 	BuildID      string
 	Label        string
+	// RequestURI is the bytestream:// URI of the push request file in the remote cache
+	// that Bazel used, or empty when Bazel sent the file inline.
+	RequestURI string
 	// Request is the push request file as Bazel wrote it, and Decoded is the same
 	// request decoded by image.DecodeRequest.
 	Request []byte

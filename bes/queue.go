@@ -407,6 +407,7 @@ func (q *Queue) attempt(ctx context.Context, job *Job, log *slog.Logger) (result
 		InvocationID: job.InvocationID,
 		BuildID:      job.BuildID,
 		Label:        job.Label,
+		RequestURI:   job.RequestURI,
 		Request:      data,
 		Decoded:      request,
 	})

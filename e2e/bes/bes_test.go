@@ -73,7 +73,7 @@ func startBESServer(t *testing.T, pusher bes.Pusher, mode bes.CommitMode) *besSe
 	}
 	registry := prometheus.NewRegistry()
 	logger := slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	fetcher := &bes.CacheFetcher{}
+	fetcher := &bes.CachePool{}
 	queue := bes.NewQueue(store, fetcher, pusher, bes.QueueOptions{
 		Workers: 2, MaxAttempts: 2, InitialBackoff: 100 * time.Millisecond,
 		Logger: logger, Metrics: bes.NewMetrics(registry),
