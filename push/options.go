@@ -110,7 +110,12 @@ func WithTransport(t http.RoundTripper) Option {
 
 // WithProgress receives per-blob progress.
 func WithProgress(p Progress) Option {
-	return func(o *options) { o.progress = p }
+	return func(o *options) {
+		if p == nil {
+			p = nopProgress{}
+		}
+		o.progress = p
+	}
 }
 
 // WithLogger sets the logger for retries and per-blob events.

@@ -34,9 +34,10 @@ func newCASUploadCommand() *cobra.Command {
 		Use:   "upload LAYOUT_DIR [REGISTRY/REPOSITORY[:TAG]...]",
 		Short: "Upload an OCI layout's blobs to a remote cache and write a push request that refers to them",
 		Long: `Upload every blob of an OCI image layout (manifests, indexes, configs and layers) to a
-remote cache, skipping those it has, and write a push request with no local files: the
-state Bazel's remote cache is in after building the image without the bytes. The
-request can then be pushed with img push --strategy lazy.`,
+remote cache, skipping those it has, and write a push request whose layers are only in
+the cache, while manifests and configs stay local files of the layout: the state a
+Bazel build without the bytes leaves. Push it with img push --strategy lazy, or
+--strategy cas_registry to an img registry that reads the same cache.`,
 		Example: `  img cas upload ./layout localhost:5000/app:latest --remote-cache grpc://localhost:9092 --output push.json
   img push --request push.json --remote-cache grpc://localhost:9092`,
 		Args: cobra.MinimumNArgs(1),
@@ -86,8 +87,22 @@ func runCASUpload(cmd *cobra.Command, f *casUploadFlags, args []string) error {
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "uploaded %d of %d blobs to %s\n", uploaded, len(blobs), client.Endpoint())
 
-	req.Files = map[digest.Digest]string{}
+	keepMetadataFiles(req)
 	return writeRequest(req, f.output)
+}
+
+// keepMetadataFiles drops the layers from the request's local files and keeps the
+// manifests, indexes and configs, which is what a Bazel build without the bytes has on
+// disk: small metadata outputs, with the layers only in the remote cache.
+func keepMetadataFiles(req *image.Request) {
+	metadata := map[digest.Digest]string{}
+	for d, m := range req.Image.Manifests {
+		metadata[d] = req.Files[d]
+		if m.Config != nil {
+			metadata[m.Config.Digest] = req.Files[m.Config.Digest]
+		}
+	}
+	req.Files = metadata
 }
 
 // layoutBlobs lists every blob of the image once: manifests, indexes, configs and layers.

@@ -77,12 +77,15 @@ func TestPushCommandPrintsReferences(t *testing.T) {
 		t.Errorf("crane digest = %s, want %s", got, info.RootDigest())
 	}
 
-	stdout, stderr, err = runImg(t, nil, "push", "--quiet", info.Dir, reg.Ref("cli/app", ":v1"))
+	stdout, stderr, err = runImg(t, nil, "push", "--quiet", info.Dir, reg.Ref("cli/quiet", ":v1"))
 	if err != nil {
 		t.Fatalf("quiet re-push: %v\n%s", err, stderr)
 	}
 	if stderr != "" {
 		t.Errorf("--quiet printed to stderr:\n%s", stderr)
+	}
+	if !strings.HasPrefix(stdout, reg.Ref("cli/quiet", "@")) {
+		t.Errorf("--quiet stdout = %q, want the digest reference", stdout)
 	}
 }
 
