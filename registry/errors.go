@@ -27,8 +27,8 @@ const (
 	codeUnsupported         errorCode = "UNSUPPORTED"
 	codeTooManyRequests     errorCode = "TOO_MANY_REQUESTS"
 
-	// codeRangeInvalid is not in the spec's table, but the spec answers an out-of-order chunk
-	// with 416 and distribution sends this code with it.
+	// codeRangeInvalid is not in the spec's table, but the spec requires 416 for an
+	// out-of-order chunk and distribution sends this code with it.
 	codeRangeInvalid errorCode = "RANGE_INVALID"
 
 	// codeInternal is for failures of the registry itself (a disk or cache error), which the
@@ -65,7 +65,7 @@ type apiError struct {
 	detail string
 	cause  error
 
-	// status overrides the code's status where the spec asks for another, such as 413 for a
+	// status overrides the code's status where the spec requires another, such as 413 for a
 	// manifest over the size limit.
 	status int
 }

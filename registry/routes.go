@@ -62,8 +62,8 @@ var namePattern = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-
 // tagPattern is the tag grammar of the distribution spec.
 var tagPattern = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
 
-// maxNameLength bounds a repository name; the spec asks clients to keep <host>/<name> within
-// 255 characters, so a longer name can never be pulled by them.
+// maxNameLength bounds a repository name. The distribution spec notes that many clients limit
+// <host>/<name> to 255 characters, so a longer name could not be pulled by them anyway.
 const maxNameLength = 255
 
 func (s *Server) route(w http.ResponseWriter, r *http.Request) {

@@ -46,7 +46,7 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, name, _ str
 		if s.mountBlob(w, r, name, mount) {
 			return
 		}
-		// The blob is not here: the spec falls back to a new session, answered with 202.
+		// The blob is not stored, so the spec falls back to starting a session (202).
 	}
 
 	writer, err := s.blobs.Create(r.Context())
@@ -65,7 +65,7 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, name, _ str
 	s.writeUploadStatus(w, name, writer, http.StatusAccepted)
 }
 
-// mountBlob answers a mount with 201 when the blob exists and returns false when it does not.
+// mountBlob responds 201 to a mount when the blob exists and returns false when it does not.
 // Blobs are shared by all repositories, so the from parameter needs no check of its own.
 func (s *Server) mountBlob(w http.ResponseWriter, r *http.Request, name, mount string) bool {
 	dgst, err := parseDigest(mount)
@@ -174,7 +174,7 @@ func (s *Server) appendChunk(w http.ResponseWriter, r *http.Request, name string
 		}
 		if start != writer.Size() {
 			s.setUploadHeaders(w, name, writer)
-			return newError(codeRangeInvalid, "chunk starts at byte %d but upload %s holds %d bytes; resume at byte %d", start, writer.ID(), writer.Size(), writer.Size())
+			return newError(codeRangeInvalid, "chunk starts at byte %d but upload %s contains %d bytes; resume at byte %d", start, writer.ID(), writer.Size(), writer.Size())
 		}
 		if r.ContentLength >= 0 && end-start+1 != r.ContentLength {
 			return newError(codeSizeInvalid, "Content-Range %s covers %d bytes but Content-Length is %d", value, end-start+1, r.ContentLength)
@@ -187,7 +187,7 @@ func (s *Server) appendChunk(w http.ResponseWriter, r *http.Request, name string
 	copied, err := io.CopyBuffer(onlyWriter{writer}, r.Body, *buffer)
 	if err != nil {
 		// The stored bytes stay in the session, so a client can ask GET for the range and resume.
-		return fmt.Errorf("upload %s stopped after %d bytes of this request (holds %d): %w", writer.ID(), copied, before+copied, err)
+		return fmt.Errorf("upload %s: reading the request body failed after %d bytes (the session contains %d): %w", writer.ID(), copied, before+copied, err)
 	}
 	if r.ContentLength >= 0 && copied != r.ContentLength {
 		return newError(codeSizeInvalid, "request body had %d bytes but Content-Length is %d", copied, r.ContentLength)

@@ -50,10 +50,9 @@ func pushManifest(client *http.Client, base, repo, tag string, content []byte) e
 	return nil
 }
 
-// TestCrashKeepsAcknowledgedPushes pushes blobs, manifests and tags from four workers, kills
-// the registry with SIGKILL at a random moment, restarts it on the same --data-dir, and checks
-// that every acknowledged push is served intact and that every listed tag resolves to a whole
-// manifest.
+// TestCrashKeepsAcknowledgedPushes pushes blobs, manifests and tags from four workers and kills
+// the registry with SIGKILL at a random moment. After a restart on the same --data-dir, every
+// acknowledged push must be served intact and every listed tag must resolve to a whole manifest.
 func TestCrashKeepsAcknowledgedPushes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts and kills img registry")

@@ -32,7 +32,7 @@ func TestConformanceREAPIStore(t *testing.T) {
 }
 
 // TestREAPIEvictedBlobIsUnknown pushes a blob through img registry into bazel-remote, evicts it
-// from the cache, and checks that HEAD and GET answer 404 BLOB_UNKNOWN, not a server error.
+// from the cache, and checks that HEAD and GET return 404 BLOB_UNKNOWN, not a server error.
 func TestREAPIEvictedBlobIsUnknown(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts bazel-remote and img registry")

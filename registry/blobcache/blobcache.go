@@ -43,8 +43,8 @@ func NewServer(cas FindMissinger, sizes blobstore.SizeIndex, logger *slog.Logger
 	return &Server{cas: cas, sizes: sizes, logger: logger}
 }
 
-// Commit asks the cache which blobs it lacks, records the sizes of the others and returns the
-// missing ones.
+// Commit queries the cache for the blobs it lacks, records the sizes of the others and returns
+// the missing ones.
 func (s *Server) Commit(ctx context.Context, req *blobcache.CommitRequest) (*blobcache.CommitResponse, error) {
 	switch req.GetDigestFunction() {
 	case repb.DigestFunction_UNKNOWN, repb.DigestFunction_SHA256:

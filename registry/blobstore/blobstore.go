@@ -3,7 +3,7 @@
 // metrics. Stores hold content addressed by digest; they know nothing of repositories.
 //
 // A store is a small type (filesystem, reapi, upstream, s3) and behaviour is added by wrapping,
-// the way Buildbarn's BlobAccess decorators compose, so the registry sees one Store.
+// the way Buildbarn's BlobAccess decorators compose, so the registry gets one Store.
 package blobstore
 
 import (
@@ -89,7 +89,7 @@ type Writer interface {
 }
 
 // Redirector is implemented by stores that can send clients elsewhere for a blob's bytes, for
-// example a presigned object-store URL. Handlers answer GET with a temporary redirect to the
+// example a presigned object-store URL. Handlers respond to GET with a temporary redirect to the
 // URL. A store returns ok=false when it has no URL for this blob, and the handler then reads
 // the bytes through Open.
 type Redirector interface {
@@ -105,8 +105,8 @@ type SizeIndex interface {
 	DeleteBlobSize(ctx context.Context, dgst digest.Digest) error
 }
 
-// AliasIndex maps a digest to another digest of the same bytes. A store whose backend knows
-// only sha256 (a REAPI cache) keeps sha512 blobs under their sha256 digest with an alias.
+// AliasIndex maps a digest to another digest of the same bytes. A store whose backend addresses
+// blobs only by sha256 (a REAPI cache) keeps sha512 blobs under their sha256 digest with an alias.
 type AliasIndex interface {
 	// Alias returns the digest recorded for dgst, or ErrNotFound.
 	Alias(ctx context.Context, dgst digest.Digest) (digest.Digest, error)

@@ -15,9 +15,10 @@ type chain struct {
 	stores []Store
 }
 
-// Chain returns a store that reads from stores in order: Stat and Open use the first store that
-// holds the blob, Create and Resume use the first store that accepts uploads, and Delete removes
-// the blob from every store that holds it. With one store, Chain returns it unchanged.
+// Chain returns a store that reads from stores in order. Stat and Open use the first store that
+// contains the blob, and Create and Resume use the first store that accepts uploads. Delete
+// removes the blob from every store that contains it. With one store, Chain returns it
+// unchanged.
 func Chain(stores ...Store) Store {
 	if len(stores) == 1 {
 		return stores[0]
@@ -95,7 +96,8 @@ func (c *chain) Delete(ctx context.Context, dgst digest.Digest) error {
 	return nil
 }
 
-// RedirectURL asks the store that holds the blob for a redirect, when that store offers them.
+// RedirectURL returns the redirect of the store that contains the blob, when that store offers
+// redirects.
 func (c *chain) RedirectURL(ctx context.Context, dgst digest.Digest) (string, bool, error) {
 	for _, store := range c.stores {
 		if _, err := store.Stat(ctx, dgst); err != nil {

@@ -59,7 +59,7 @@ func TestExistenceCacheForgetsOnDeleteAndFailedOpen(t *testing.T) {
 		t.Errorf("Stat after Delete = %v, want ErrNotFound", err)
 	}
 
-	// Removing the file behind the cache's back stands in for a cache eviction.
+	// Removing the file behind the cache's back simulates a cache eviction.
 	evicted := put(t, store, "evicted behind the cache")
 	store.Stat(ctx, evicted)
 	os.Remove(filepath.Join(dir, "blobs", "sha256", evicted.Encoded()[:2], evicted.Encoded()))

@@ -10,8 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics counts blob store operations. One Metrics serves every store it wraps, told apart by
-// the store label.
+// Metrics counts blob store operations. One Metrics serves every store it wraps, distinguished
+// by the store label.
 type Metrics struct {
 	operations *prometheus.CounterVec
 	duration   *prometheus.HistogramVec

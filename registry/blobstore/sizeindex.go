@@ -8,7 +8,7 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// sizeIndexed records the size of every committed blob in an index and forgets it on delete.
+// sizeIndexed records the size of every committed blob in an index and removes it on delete.
 type sizeIndexed struct {
 	Store
 	index SizeIndex

@@ -385,7 +385,7 @@ func (b *Bolt) PutBlobSizes(ctx context.Context, sizes map[digest.Digest]int64) 
 	return nil
 }
 
-// DeleteBlobSize forgets a blob size; forgetting an unknown digest is not an error.
+// DeleteBlobSize removes a blob size. Removing an unknown digest is not an error.
 func (b *Bolt) DeleteBlobSize(ctx context.Context, dgst digest.Digest) error {
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketBlobSizes).Delete([]byte(dgst))
@@ -423,7 +423,7 @@ func (b *Bolt) PutAlias(ctx context.Context, dgst, target digest.Digest) error {
 	return nil
 }
 
-// DeleteAlias forgets an alias; forgetting an unknown digest is not an error.
+// DeleteAlias removes an alias. Removing an unknown digest is not an error.
 func (b *Bolt) DeleteAlias(ctx context.Context, dgst digest.Digest) error {
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketAliases).Delete([]byte(dgst))

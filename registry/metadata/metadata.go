@@ -1,4 +1,4 @@
-// Package metadata stores what the registry knows beyond blob bytes: manifests, tags, referrers
+// Package metadata stores the registry's state beyond blob bytes: manifests, tags, referrers
 // and the blob size index. Store is the interface; Bolt is the embedded, crash-safe default.
 package metadata
 

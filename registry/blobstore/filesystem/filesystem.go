@@ -1,6 +1,6 @@
-// Package filesystem is the registry's embedded blob store: blobs are files under a data folder,
-// and uploads stream into session files in the same filesystem, hashed while written and renamed
-// into place on commit, so no upload is buffered in memory.
+// Package filesystem is the registry's embedded blob store, where blobs are files under a data
+// folder. Uploads stream into session files in the same filesystem, hashed while written and
+// renamed into place on commit, so no upload is buffered in memory.
 //
 // Layout under the folder given to New:
 //

@@ -114,7 +114,7 @@ func TestStoreResumeAfterRestart(t *testing.T) {
 	w.Write([]byte("first half, "))
 	w.Close()
 
-	// A second store on the same folder stands in for a restarted process.
+	// A second store on the same folder simulates a restarted process.
 	restarted, err := New(dir)
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,7 @@
 // Package reapi is a blob store whose blobs live in the CAS of a Bazel remote cache (REAPI).
 //
 // A CAS blob is addressed by its SHA-256 and its size, and a registry URL carries only the
-// digest, so the store keeps sizes in a blobstore.SizeIndex: a blob is visible in the registry
+// digest, so the store keeps sizes in a blobstore.SizeIndex. A blob is visible in the registry
 // when its size is recorded and the cache reports it present. A blob the cache evicted is
 // therefore not found, never an error. Uploads are staged in local files and streamed to the
 // cache on commit, when their digest and size are known.
@@ -30,7 +30,7 @@ type CAS interface {
 	Write(ctx context.Context, d reapi.Digest, r io.Reader) error
 }
 
-// Index is what the store records beside the cache: blob sizes and sha512 aliases.
+// Index is the store's record beside the cache: blob sizes and sha512 aliases.
 // metadata.Bolt implements it.
 type Index interface {
 	blobstore.SizeIndex
@@ -127,7 +127,7 @@ func (s *Store) Resume(ctx context.Context, id string) (blobstore.Writer, error)
 	return &writer{store: s, Upload: upload}, nil
 }
 
-// Delete forgets the blob's size, which hides it from the registry. REAPI has no delete, so
+// Delete removes the blob's recorded size, which hides it from the registry. REAPI has no delete, so
 // the bytes stay in the cache until it evicts them.
 func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
 	if _, err := s.casDigest(ctx, dgst); err != nil {
