@@ -237,3 +237,45 @@ func layerDigest(t *testing.T, manifest string) string {
 	return parsed.Layers[0].Digest
 }
 
+
+func TestImgBESResumesPushAfterKill(t *testing.T) {
+	b := newBazel(t)
+	cache := testpeer.StartBazelRemote(t)
+	registry := testpeer.StartRegistry(t)
+	dataDir := t.TempDir()
+
+	// The first server reads the cache at a port where nothing listens, so its push
+	// keeps failing with a transient error until the process is killed.
+	deadCache := "grpc://127.0.0.1:" + strconv.Itoa(testpeer.FreePort(t))
+	first := startImgBES(t, dataDir, "--cas-endpoint", deadCache, "--max-attempts", "100")
+	resultsURL := first.httpURL + "/invocation/"
+	output, err := b.build(t,
+		"--bes_backend=grpc://"+first.grpcAddr,
+		"--bes_results_url="+resultsURL,
+		"--remote_cache="+cache.Endpoint(),
+		"--define=registry="+registry.Addr,
+		"//:app")
+	if err != nil {
+		t.Fatalf("bazel build failed: %v", err)
+	}
+	id := invocationID(t, output, resultsURL)
+
+	results := first.results(t, id)
+	if len(results.Pushes) != 1 || results.Pushes[0].State.Final() {
+		t.Fatalf("pushes before the kill are %+v; expected one unfinished push", results.Pushes)
+	}
+	if err := first.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	first.cmd.Wait()
+
+	second := startImgBES(t, dataDir)
+	pushes := second.waitResults(t, id)
+	if pushes["//:app"].State != bes.StateSucceeded {
+		t.Fatalf("//:app is %s (error %q) after the restart; expected succeeded", pushes["//:app"].State, pushes["//:app"].Error)
+	}
+	manifest := registry.Crane(t, "manifest", registry.Ref("e2e/app", ":latest"))
+	if want := strings.TrimSpace(string(b.bin(t, "app/manifest.json"))); manifest != want {
+		t.Errorf("manifest of e2e/app:latest is\n%s\nexpected\n%s", manifest, want)
+	}
+}
