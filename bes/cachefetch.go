@@ -9,7 +9,7 @@ import (
 )
 
 // maxPushRequestSize bounds a push request read from the cache. A request lists
-// descriptors only, so even an index of many platforms stays far below it; the image
+// descriptors only, so even an index of many platforms stays far below it. The image
 // package's decoder reads at most the same 64 MiB.
 const maxPushRequestSize = 64 << 20
 

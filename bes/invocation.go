@@ -14,8 +14,8 @@ import (
 // acknowledged, so this state outlives a single stream RPC.
 //
 // NOTE: the state lives in memory. If the server restarts in the middle of a build,
-// the retried stream refers to file sets that the new process never saw; the server
-// then records the push as failed with an error that says so, instead of pushing.
+// the retried stream refers to file sets that the new process never saw. The server
+// then records the push as failed, with an error that names the missing file sets.
 type invocation struct {
 	id string
 

@@ -5,8 +5,8 @@ import (
 	"time"
 )
 
-// State is where a push job is in its life. Queued and Running jobs are unfinished and
-// resume after a restart; the other states are final.
+// State is the stage of a push job. Queued and Running jobs are unfinished and resume
+// after a restart. The other states are final.
 type State string
 
 const (
@@ -34,8 +34,8 @@ type Job struct {
 	Label        string `json:"label"`
 	Kind         string `json:"kind,omitempty"`
 
-	// RequestURI is where the push request file is: a bytestream:// URI in the remote
-	// cache. RequestContents holds the file instead when Bazel sent it inline.
+	// RequestURI is the location of the push request file, a bytestream:// URI in the
+	// remote cache. RequestContents holds the file instead when Bazel sent it inline.
 	RequestURI      string `json:"request_uri,omitempty"`
 	RequestContents []byte `json:"request_contents,omitempty"`
 	RequestName     string `json:"request_name,omitempty"`

@@ -7,7 +7,7 @@ import (
 	"github.com/rulesimg/img/image"
 )
 
-// PushJob is what a Pusher gets: one decoded push request and where it came from.
+// PushJob is the input of one push: a decoded push request and its origin.
 type PushJob struct {
 	InvocationID string
 	BuildID      string
@@ -21,16 +21,16 @@ type PushJob struct {
 	Decoded *image.Request
 }
 
-// PushResult is what a push made: the root manifest digest and the references set.
+// PushResult is the outcome of a push: the root manifest digest and the references set.
 type PushResult struct {
 	Digest     string
 	References []string
 }
 
 // Pusher pushes one image. The queue calls Push from up to --jobs workers at once, so
-// jobs of one build that share layers reach the push engine concurrently: the engine is
-// the place that shares identical blob uploads between them, and a worker waiting on
-// an upload that another worker started must still return when ctx ends.
+// jobs of one build that share layers reach the push engine concurrently. The engine
+// is the place that shares identical blob uploads between them. A worker that waits on
+// an upload another worker started must still return when ctx ends.
 //
 // An error is retried with backoff unless it wraps a PermanentError.
 type Pusher interface {
@@ -44,7 +44,7 @@ func (f PusherFunc) Push(ctx context.Context, job PushJob) (PushResult, error) {
 	return f(ctx, job)
 }
 
-// RequestFetcher reads a push request file from where a build event says it is, for
+// RequestFetcher reads a push request file from the location in a build event, for
 // example a bytestream:// URI in the remote cache.
 type RequestFetcher interface {
 	Fetch(ctx context.Context, uri string) ([]byte, error)

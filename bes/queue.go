@@ -72,9 +72,9 @@ type Queue struct {
 	timers  map[string]*time.Timer
 	changed chan struct{}
 	closing bool
-	// running holds the jobs that workers run now. Their running state is kept in
-	// memory only, so a push start costs no disk write that would delay the next
-	// build event's acknowledgement; after a crash such a job is still queued.
+	// running holds the jobs that workers run now. Their running state stays in memory,
+	// so a push start costs no disk write that would delay the next acknowledgement.
+	// After a crash, such a job is still queued in the store.
 	running map[string]Job
 
 	// runCtx is the context of every push; Close cancels it only when in-flight pushes

@@ -187,7 +187,7 @@ func runBES(ctx context.Context, flags *besFlags) error {
 	case <-ctx.Done():
 		logger.Info("bes server stopping; waiting for event streams and pushes in flight", "timeout", flags.shutdownTimeout)
 	case err := <-errs:
-		serveErr = fmt.Errorf("serve: %w", err)
+		serveErr = fmt.Errorf("serving build events or results stopped: %w", err)
 		logger.Error("bes server failed; stopping", "error", err)
 	}
 
@@ -243,8 +243,12 @@ func besRemotes(flags *besFlags, logger *slog.Logger) (*bes.CachePool, []push.Op
 	return &bes.CachePool{Endpoint: flags.casEndpoint, Options: cacheOptions}, pushOptions, nil
 }
 
-// newLazyPusher pushes each bes job with the lazy strategy of img push, streaming blobs
-// from the cache that holds the job's push request.
+// newLazyPusher returns a Pusher that pushes each bes job with the lazy strategy of img
+// push, streaming blobs from the cache that holds the job's push request.
+//
+// TODO: concurrent jobs whose images share a layer each upload it, because every
+// push.Push call is independent. Sharing identical uploads needs a push engine option
+// that joins them, and a waiter must still return when its ctx ends.
 func newLazyPusher(caches *bes.CachePool, options []push.Option) bes.Pusher {
 	return bes.PusherFunc(func(ctx context.Context, job bes.PushJob) (bes.PushResult, error) {
 		var client *reapi.Client

@@ -27,7 +27,7 @@ type imgBES struct {
 }
 
 // startImgBES builds cmd/img and starts `img bes` on 127.0.0.1 with args added, and
-// stops it with SIGTERM on cleanup.
+// stops it with SIGINT on cleanup.
 func startImgBES(t *testing.T, dataDir string, args ...string) *imgBES {
 	t.Helper()
 
@@ -84,7 +84,7 @@ func startImgBES(t *testing.T, dataDir string, args ...string) *imgBES {
 	return server
 }
 
-// stop sends SIGTERM and waits for the process to exit; a second call does nothing.
+// stop sends SIGINT and waits for the process to exit. A second call does nothing.
 func (s *imgBES) stop(t *testing.T) {
 	if s.cmd.ProcessState != nil {
 		return
