@@ -2,12 +2,16 @@ package push_test
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/rulesimg/img/image"
@@ -346,4 +350,51 @@ func TestEagerPushMissingFileFailsBeforeWriting(t *testing.T) {
 	if n := proxy.Count("POST", "."); n != 0 {
 		t.Errorf("%d uploads started before the missing file was found", n)
 	}
+}
+
+// TestPushZeroByteConfig pushes an image whose config blob is empty, which registries
+// must accept like any other blob.
+func TestPushZeroByteConfig(t *testing.T) {
+	skipShort(t)
+	reg := testpeer.StartRegistry(t)
+	dir := t.TempDir()
+	write := func(name string, body []byte) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, body, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	config := ocispec.Descriptor{MediaType: "application/vnd.example.empty+json", Digest: digest.FromBytes(nil), Size: 0}
+	layerBody := []byte("a layer of an artifact")
+	layer := ocispec.Descriptor{MediaType: "application/vnd.example.data", Digest: digest.FromBytes(layerBody), Size: int64(len(layerBody))}
+	manifestBody, err := json.Marshal(ocispec.Manifest{
+		Versioned: specs.Versioned{SchemaVersion: 2},
+		MediaType: ocispec.MediaTypeImageManifest,
+		Config:    config,
+		Layers:    []ocispec.Descriptor{layer},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(manifestBody), Size: int64(len(manifestBody))}
+	dest, _ := image.ParseDestination(reg.Ref("empty-config", ":v1"))
+	req := &image.Request{
+		Image: &image.Image{Root: root, Manifests: map[digest.Digest]*image.Manifest{
+			root.Digest: {Descriptor: root, Config: &config, Layers: []ocispec.Descriptor{layer}},
+		}},
+		Files: map[digest.Digest]string{
+			config.Digest: write("config", nil),
+			layer.Digest:  write("layer", layerBody),
+			root.Digest:   write("manifest", manifestBody),
+		},
+		Destinations: []image.Destination{dest},
+	}
+	if _, err := push.Push(context.Background(), req, push.Eager(req)); err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	if got := testpeer.Crane(t, "digest", reg.Ref("empty-config", ":v1")); got != root.Digest.String() {
+		t.Errorf("crane digest = %s, want %s", got, root.Digest)
+	}
+	testpeer.Crane(t, "blob", reg.Ref("empty-config", "@"+config.Digest.String()))
 }

@@ -146,3 +146,23 @@ func TestCASRegistryPushMissingBlob(t *testing.T) {
 		t.Errorf("tag v1 answers %d after a failed push, want 404", res.StatusCode)
 	}
 }
+
+// TestPushToImgRegistry pushes to img registry, which sends relative Location headers
+// and announces OCI-Chunk-Min-Length, so the push takes the chunked path.
+func TestPushToImgRegistry(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts img registry")
+	}
+	registryURL := startImgRegistry(t, "--chunk-min-length", fmt.Sprint(1<<20))
+	host := strings.TrimPrefix(registryURL, "http://")
+	info := testpeer.WriteLayout(t, t.TempDir(), testpeer.LayoutSpec{Layers: []int64{3<<20 + 17, 1 << 10}, RawLayers: true})
+	if _, stderr, err := runImg(t, nil, "push", info.Dir, host+"/own/app:v1"); err != nil {
+		t.Fatalf("push: %v\n%s", err, stderr)
+	}
+	if got := testpeer.Crane(t, "digest", host+"/own/app:v1"); got != info.RootDigest().String() {
+		t.Errorf("crane digest = %s, want %s", got, info.RootDigest())
+	}
+	for _, layer := range info.Layers {
+		testpeer.Crane(t, "blob", host+"/own/app@"+layer.Digest.String())
+	}
+}
