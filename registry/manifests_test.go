@@ -204,3 +204,21 @@ func TestMetricsCountRequestsPerRoute(t *testing.T) {
 		t.Errorf("manifest PUT count = %v, want 1", got)
 	}
 }
+
+func TestCatalogListsRepositories(t *testing.T) {
+	reg := startRegistry(t, 0)
+	for _, repo := range []string{"b/app", "a/app", "c"} {
+		manifest := reg.pushImage(t, repo, "layer of "+repo)
+		reg.do(t, http.MethodPut, "/v2/"+repo+"/manifests/v1", manifest, "Content-Type", ociManifest)
+	}
+
+	resp := reg.do(t, http.MethodGet, "/v2/_catalog?n=2", nil)
+	expectStatus(t, resp, http.StatusOK)
+	if body := string(readBody(t, resp)); body != `{"repositories":["a/app","b/app"]}` {
+		t.Errorf("first page = %s", body)
+	}
+	resp = reg.do(t, http.MethodGet, "/v2/_catalog?last=b/app", nil)
+	if body := string(readBody(t, resp)); body != `{"repositories":["c"]}` {
+		t.Errorf("page after b/app = %s", body)
+	}
+}

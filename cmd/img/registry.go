@@ -162,7 +162,8 @@ func runRegistry(ctx context.Context, flags *registryFlags) error {
 	if err != nil {
 		return fmt.Errorf("listen on --address %s --port %d: %w", flags.address, flags.port, err)
 	}
-	httpServer := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second}
+	// No read or write timeout: a multi-GiB blob upload or download may take minutes.
+	httpServer := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
 
 	var grpcServe func() error
 	var grpcStop func(context.Context)

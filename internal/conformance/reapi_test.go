@@ -3,10 +3,14 @@ package conformance
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -148,5 +152,49 @@ func TestBlobcacheCommitThenPushManifest(t *testing.T) {
 	}
 	if uploads != 0 {
 		t.Errorf("registry saw %v blob uploads, want 0", uploads)
+	}
+}
+
+// TestREAPIStoreCredentialHelperFromEnv runs the reapi store against a bazel-remote that
+// requires basic auth. The endpoint and the credential helper come from IMG_REAPI_ENDPOINT and
+// IMG_CREDENTIAL_HELPER, and without the helper the registry fails to start.
+func TestREAPIStoreCredentialHelperFromEnv(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts bazel-remote and img registry")
+	}
+	cache := testpeer.StartBazelRemote(t, testpeer.WithBazelRemoteHtpasswd("builder", "s3cret"))
+	helper := filepath.Join(t.TempDir(), "credential-helper")
+	token := base64.StdEncoding.EncodeToString([]byte("builder:s3cret"))
+	script := "#!/bin/sh\ncat >/dev/null\nprintf '{\"headers\":{\"Authorization\":[\"Basic " + token + "\"]}}'\n"
+	if err := os.WriteFile(helper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, imgBinary(t), "registry", "--address", "127.0.0.1", "--port", "0",
+		"--data-dir", t.TempDir(), "--blob-store", "reapi")
+	cmd.Env = append(os.Environ(), "IMG_REAPI_ENDPOINT="+cache.Endpoint(), "IMG_CREDENTIAL_HELPER=")
+	output, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("img registry started without credentials for an authenticated cache:\n%s", output)
+	}
+	if !strings.Contains(string(output), "--reapi-endpoint") {
+		t.Errorf("startup error does not name --reapi-endpoint:\n%s", output)
+	}
+
+	t.Setenv("IMG_REAPI_ENDPOINT", cache.Endpoint())
+	t.Setenv("IMG_CREDENTIAL_HELPER", helper)
+	registry := startImgRegistry(t, t.TempDir(), "--blob-store", "reapi")
+	client := &http.Client{Timeout: 30 * time.Second}
+	content := []byte("stored with credentials")
+	if err := pushBlob(client, registry.url(), "auth/app", content); err != nil {
+		t.Fatal(err)
+	}
+	if status := requestStatus(t, client, http.MethodHead, registry.url()+"/v2/auth/app/blobs/"+digest.FromBytes(content).String()); status != http.StatusOK {
+		t.Errorf("HEAD of pushed blob = %d, want 200", status)
+	}
+	if paths := cache.BlobPaths(t, digest.FromBytes(content).Encoded()); len(paths) == 0 {
+		t.Error("the blob is not in bazel-remote's CAS")
 	}
 }
