@@ -52,14 +52,15 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// filePosition returns the current offset of f, which sendfile(2) advances.
+// filePosition returns the current offset of f, which sendfile(2) advances. After f is
+// closed it keeps returning the last offset it read.
 func filePosition(f *os.File) func() int64 {
+	var last atomic.Int64
 	return func() int64 {
-		pos, err := f.Seek(0, io.SeekCurrent)
-		if err != nil {
-			return 0
+		if pos, err := f.Seek(0, io.SeekCurrent); err == nil {
+			last.Store(pos)
 		}
-		return pos
+		return last.Load()
 	}
 }
 
@@ -117,10 +118,12 @@ func (p *TerminalProgress) Start(destination string, desc ocispec.Descriptor) Tr
 	return t
 }
 
-// Close stops redrawing and leaves the finished lines on screen.
+// Close stops redrawing and leaves the finished lines on screen. Calling it again does
+// nothing.
 func (p *TerminalProgress) Close() {
 	p.mu.Lock()
 	stop := p.stop
+	p.stop = nil
 	p.mu.Unlock()
 	if stop == nil {
 		return
