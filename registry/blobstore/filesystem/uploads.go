@@ -133,8 +133,20 @@ func (u *Uploads) PurgeStale(maxAge time.Duration) (int, error) {
 		if err != nil || !info.Mode().IsRegular() || info.ModTime().After(cutoff) {
 			continue
 		}
-		upload, err := u.Resume(context.Background(), entry.Name())
+		if !validUploadID(entry.Name()) {
+			continue
+		}
+		upload, err := u.session(entry.Name())
 		if err != nil {
+			continue
+		}
+		select {
+		case upload.held <- struct{}{}:
+		default:
+			continue // a request is writing to it, so it is not stale
+		}
+		if upload.ended {
+			<-upload.held
 			continue
 		}
 		if err := upload.Cancel(); err == nil {
