@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+
+	"github.com/rulesimg/img/registry/blobstore"
 )
 
 // Routes of the /v2/ API. A repository name may contain slashes, so a path is matched from its
@@ -106,6 +108,7 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 			writeError(w, r, newError(codeNameInvalid, "repository name %q does not match the distribution spec's name grammar", name))
 			return
 		}
+		r = r.WithContext(blobstore.WithRepository(r.Context(), name))
 		handler(s, w, r, name, reference)
 		return
 	}

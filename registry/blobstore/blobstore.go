@@ -127,3 +127,18 @@ func ValidateDigest(dgst digest.Digest) error {
 		return fmt.Errorf("invalid digest %q: algorithm %s is not supported; use sha256 or sha512", dgst, dgst.Algorithm())
 	}
 }
+
+type repositoryKey struct{}
+
+// WithRepository returns ctx carrying the repository a request names. Stores address blobs by
+// digest alone, except one that reads from another registry, whose URLs name a repository.
+func WithRepository(ctx context.Context, repository string) context.Context {
+	return context.WithValue(ctx, repositoryKey{}, repository)
+}
+
+// RepositoryFrom returns the repository set by WithRepository, and false when there is none
+// (for example a blob-cache Commit, which names no repository).
+func RepositoryFrom(ctx context.Context) (string, bool) {
+	repository, ok := ctx.Value(repositoryKey{}).(string)
+	return repository, ok && repository != ""
+}
