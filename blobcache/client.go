@@ -1,6 +1,6 @@
 // Package blobcache is the client of the blob-cache gRPC service that `img registry`
-// serves for the cas_registry strategy: Commit tells the registry which blobs a push
-// will reference and returns those its remote cache lacks.
+// serves for the cas_registry strategy. Commit registers the blobs a push will
+// reference and returns those the registry's remote cache lacks.
 package blobcache
 
 import (

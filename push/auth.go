@@ -126,7 +126,7 @@ func (t *authTransport) learnChallenge(res *http.Response) bool {
 }
 
 // authorization returns the Authorization header value for the next request, fetching
-// a token when the challenge asks for one and none is valid (or refresh is set).
+// a token when the challenge requires one and none is valid (or refresh is set).
 func (t *authTransport) authorization(ctx context.Context, refresh bool) (string, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -175,7 +175,7 @@ type tokenResponse struct {
 	ExpiresIn   int    `json:"expires_in"`
 }
 
-// fetchToken asks the challenge's realm for a token for t.scopes: a GET with Basic
+// fetchToken requests a token for t.scopes from the challenge's realm: a GET with Basic
 // credentials, or the OAuth2 refresh-token POST when the docker config holds an
 // identity token.
 func (t *authTransport) fetchToken(ctx context.Context, auth *authn.AuthConfig) error {
@@ -219,7 +219,7 @@ func (t *authTransport) fetchToken(ctx context.Context, auth *authn.AuthConfig) 
 	defer res.Body.Close()
 	if res.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(res.Body, 512))
-		return fmt.Errorf("registry %s: token server %s answered %s: %s; check the credentials for %s in your docker config or credential helper", t.host, realmURL.Host, res.Status, strings.TrimSpace(string(body)), t.host)
+		return fmt.Errorf("registry %s: token server %s returned %s: %s; check the credentials for %s in your docker config or credential helper", t.host, realmURL.Host, res.Status, strings.TrimSpace(string(body)), t.host)
 	}
 	var token tokenResponse
 	if err := json.NewDecoder(io.LimitReader(res.Body, 1<<20)).Decode(&token); err != nil {

@@ -13,8 +13,8 @@ import (
 )
 
 // BlobCache is the blob-cache service of a registry whose blob store is the remote
-// cache: Commit tells the registry about blobs (digest and size) and returns those the
-// cache does not have.
+// cache. Commit registers blobs (digest and size) with the registry and returns those
+// the cache does not have.
 type BlobCache interface {
 	Commit(ctx context.Context, blobs []ocispec.Descriptor) (missing []ocispec.Descriptor, err error)
 	Endpoint() string

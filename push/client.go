@@ -19,8 +19,8 @@ import (
 
 // repoClient speaks the OCI distribution protocol with one repository. Its methods are
 // the push protocol's steps, in the order a push takes them: check a blob, mount it,
-// start an upload, send bytes, ask where an upload stands, commit it, check and put a
-// manifest.
+// start an upload, send bytes, read an upload's committed range, commit it, check and
+// put a manifest.
 type repoClient struct {
 	registry   string
 	repository string
@@ -75,7 +75,7 @@ func (c *repoClient) do(ctx context.Context, build func() (*http.Request, error)
 	}
 }
 
-// ping asks /v2/ so that the auth transport learns the registry's challenge before the
+// ping requests /v2/ so that the auth transport learns the registry's challenge before the
 // first request with a body that cannot be replayed.
 func (c *repoClient) ping(ctx context.Context) error {
 	u := *c.base
@@ -90,9 +90,9 @@ func (c *repoClient) ping(ctx context.Context) error {
 	return nil
 }
 
-// blobExists checks for a blob with HEAD. Some registries answer HEAD with 401, 403 or
-// 405 even to a valid token; then a one-byte ranged GET decides, and if that too is
-// refused the blob counts as missing, so it is uploaded.
+// blobExists checks for a blob with HEAD. Some registries respond to HEAD with 401, 403
+// or 405 even with a valid token. Then a one-byte ranged GET decides, and if that is
+// rejected too, the blob counts as missing, so it is uploaded.
 func (c *repoClient) blobExists(ctx context.Context, desc ocispec.Descriptor) (bool, error) {
 	target := c.url("/blobs/"+desc.Digest.String(), nil)
 	res, err := c.do(ctx, func() (*http.Request, error) {
@@ -131,8 +131,8 @@ type uploadSession struct {
 	minChunk int64 // OCI-Chunk-Min-Length, 0 when not announced
 }
 
-// mountBlob asks the registry to link a blob from another repository. A registry that
-// refuses answers 202 with a fresh upload session, which is returned for a normal upload.
+// mountBlob requests a cross-repository mount of a blob. A registry that rejects it
+// responds 202 with a fresh upload session, which is returned for a normal upload.
 func (c *repoClient) mountBlob(ctx context.Context, desc ocispec.Descriptor, from string) (bool, *uploadSession, error) {
 	target := c.url("/blobs/uploads/", url.Values{"mount": {desc.Digest.String()}, "from": {from}})
 	res, err := c.do(ctx, func() (*http.Request, error) {
@@ -181,7 +181,7 @@ func (c *repoClient) sessionFrom(res *http.Response) (*uploadSession, error) {
 func (c *repoClient) resolveLocation(res *http.Response) (string, error) {
 	location := res.Header.Get("Location")
 	if location == "" {
-		return "", fmt.Errorf("registry %s answered %s %s without a Location header", c.registry, res.Request.Method, res.Request.URL.Path)
+		return "", fmt.Errorf("registry %s responded to %s %s without a Location header", c.registry, res.Request.Method, res.Request.URL.Path)
 	}
 	u, err := res.Request.URL.Parse(location)
 	if err != nil {
@@ -218,7 +218,7 @@ func (c *repoClient) sendChunk(ctx context.Context, session *uploadSession, body
 	return nil
 }
 
-// uploadStatus asks an upload session how many bytes it holds, so that an upload cut
+// uploadStatus requests how many bytes an upload session contains, so that an upload cut
 // off mid-stream continues from there instead of starting over.
 func (c *repoClient) uploadStatus(ctx context.Context, session *uploadSession) error {
 	res, err := c.do(ctx, func() (*http.Request, error) {

@@ -9,7 +9,7 @@ import (
 	"strings"
 )
 
-// RegistryError is an unexpected answer from a registry, with the OCI error codes of
+// RegistryError is an unexpected response from a registry, with the OCI error codes of
 // its body when it sent any.
 type RegistryError struct {
 	Registry   string
@@ -29,7 +29,7 @@ type ErrorCode struct {
 
 func (e *RegistryError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "registry %s answered %s to %s %s", e.Registry, e.Status, e.Method, e.Path)
+	fmt.Fprintf(&b, "registry %s returned %s to %s %s", e.Registry, e.Status, e.Method, e.Path)
 	for _, code := range e.Codes {
 		fmt.Fprintf(&b, ": %s", code.Code)
 		if code.Message != "" {

@@ -12,7 +12,7 @@ import (
 // uploadShared streams one read of desc to several registries at once, so a blob from
 // the remote cache crosses the network from the cache only once. A destination whose
 // upload fails drops out of the shared stream and finishes on its own, resuming from
-// what its registry received; the others go on.
+// what its registry received. The others continue.
 func (p *pusher) uploadShared(ctx context.Context, desc ocispec.Descriptor, targets []*destination) {
 	body, err := p.strategy.Source.Open(ctx, desc, 0)
 	if err != nil {

@@ -12,7 +12,7 @@ import (
 )
 
 // CAS is the remote cache as the lazy strategy uses it: a blob source that can also
-// say which blobs it lacks.
+// report which blobs it lacks.
 type CAS interface {
 	blobsource.Source
 	FindMissing(ctx context.Context, blobs []ocispec.Descriptor) ([]ocispec.Descriptor, error)

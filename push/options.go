@@ -29,7 +29,7 @@ type options struct {
 }
 
 // The defaults. Four concurrent uploads keep a gigabit link busy without opening more
-// connections than registries rate-limit per client; existence checks are cheap HEADs,
+// connections than registries rate-limit per client. Existence checks are cheap HEADs,
 // so more of them run at once.
 func defaultOptions() *options {
 	return &options{
@@ -76,7 +76,7 @@ func WithChunkSize(n int64) Option {
 }
 
 // WithVerify hashes local blobs before sending them, so a corrupt file is reported
-// before any upload rather than by the registry's DIGEST_INVALID answer.
+// before any upload rather than by the registry's DIGEST_INVALID response.
 func WithVerify(verify bool) Option {
 	return func(o *options) { o.verify = verify }
 }

@@ -1,8 +1,8 @@
 // Package push is the push engine: it uploads an image graph's missing blobs, then its
 // manifests, indexes and tags, to one or more registries, following the OCI
 // distribution spec. The strategies (eager, lazy, cas_registry) differ only in where
-// blob bytes come from and what is checked before the first registry write; see
-// eager.go, lazy.go and casregistry.go.
+// blob bytes come from and what is checked before the first registry write, as
+// eager.go, lazy.go and casregistry.go show.
 package push
 
 import (
@@ -23,7 +23,7 @@ import (
 	"github.com/rulesimg/img/image"
 )
 
-// Strategy is what differs between push strategies.
+// Strategy is the part of a push that differs between push strategies.
 type Strategy struct {
 	Name   string
 	Source blobsource.Source
@@ -35,7 +35,7 @@ type Strategy struct {
 	Preflight func(ctx context.Context, missing []ocispec.Descriptor) error
 }
 
-// Result says what a push did, per destination.
+// Result is the outcome of a push, per destination.
 type Result struct {
 	Digest       digest.Digest       `json:"digest"`
 	MediaType    string              `json:"mediaType"`
@@ -281,7 +281,7 @@ func (p *pusher) newRepoClient(dest image.Destination) (*repoClient, error) {
 	}, nil
 }
 
-// checkBlobs asks every destination, in parallel, which blobs it lacks.
+// checkBlobs finds out, for every destination in parallel, which blobs it lacks.
 func (p *pusher) checkBlobs(ctx context.Context, blobs []ocispec.Descriptor, present map[digest.Digest]bool) error {
 	group, ctx := errgroup.WithContext(ctx)
 	group.SetLimit(p.opts.checkJobs)

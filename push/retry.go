@@ -29,7 +29,7 @@ func (b backoff) delay(attempt int) time.Duration {
 }
 
 // maxRetryAfter caps how long a Retry-After header can make img wait, so a registry
-// that answers with an hour does not hang a push without a word.
+// that sends an hour does not stall a push silently.
 const maxRetryAfter = 2 * time.Minute
 
 // retryAfter reads a Retry-After header in seconds or as an HTTP date.
@@ -52,8 +52,8 @@ func retryAfter(res *http.Response) (time.Duration, bool) {
 	return max(0, min(wait, maxRetryAfter)), true
 }
 
-// retryableStatus reports whether a registry answer is worth another attempt: request
-// timeouts, rate limits and server errors. Other 4xx answers will not change.
+// retryableStatus reports whether a registry response is worth another attempt: request
+// timeouts, rate limits and server errors. Other 4xx responses will not change.
 func retryableStatus(code int) bool {
 	return code == http.StatusRequestTimeout || code == http.StatusTooManyRequests || code >= 500
 }
@@ -68,9 +68,9 @@ func retryableError(err error) bool {
 	if errors.As(err, &statusErr) {
 		return retryableStatus(statusErr.StatusCode)
 	}
-	// net/http wraps every failure of a request in *url.Error, which claims to be a
-	// net.Error; what matters is the cause inside, which may be the blob source's own
-	// error (a corrupt cache entry) that no retry will fix.
+	// net/http wraps every failure of a request in *url.Error, which implements
+	// net.Error. What matters is the cause inside, because it may be the blob source's
+	// own error (a corrupt cache entry) that no retry will fix.
 	var urlErr *url.Error
 	if errors.As(err, &urlErr) {
 		err = urlErr.Err

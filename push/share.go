@@ -6,7 +6,7 @@ import (
 )
 
 // UploadGroup shares uploads between pushes that run at once in one process, such as
-// the BES server's workers: while one push uploads a blob to a repository, another push
+// the BES server's workers. While one push uploads a blob to a repository, another push
 // of the same blob to the same repository waits for it instead of sending the bytes a
 // second time. A waiter stops waiting when its context ends, and uploads itself when the
 // first upload fails.

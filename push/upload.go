@@ -15,7 +15,7 @@ import (
 )
 
 // uploadBlobs sends every missing blob, up to jobs at a time. Per registry, a blob is
-// uploaded once and mounted into the other destination repositories; across
+// uploaded once and mounted into the other destination repositories. Across
 // registries, a blob that is not a local file is read once and streamed to all of
 // them together.
 func (p *pusher) uploadBlobs(ctx context.Context, blobs []ocispec.Descriptor) {
@@ -30,7 +30,7 @@ func (p *pusher) uploadBlobs(ctx context.Context, blobs []ocispec.Descriptor) {
 	group.Wait()
 }
 
-// registryPlan is what one registry needs for one blob: the destination to upload to
+// registryPlan is the work one registry needs for one blob: the destination to upload to
 // (nil when some repository there has it already), the repository to mount from, and
 // the destinations that get the mount.
 type registryPlan struct {
@@ -126,7 +126,7 @@ func (p *pusher) mountTo(ctx context.Context, desc ocispec.Descriptor, dest *des
 		return
 	}
 	if err != nil {
-		p.opts.logger.Warn("mount refused; uploading instead", "registry", dest.Registry, "repository", dest.Repository, "from", from, "digest", desc.Digest, "error", err)
+		p.opts.logger.Warn("mount rejected; uploading instead", "registry", dest.Registry, "repository", dest.Repository, "from", from, "digest", desc.Digest, "error", err)
 		session = nil
 	}
 	p.uploadTo(ctx, desc, dest, session)
@@ -165,8 +165,8 @@ func (p *pusher) uploadTo(ctx context.Context, desc ocispec.Descriptor, dest *de
 
 // upload runs the upload protocol for one blob: a single POST+PUT for small blobs,
 // otherwise PATCHes (one, or chunks of the negotiated size) and a closing PUT. When a
-// PATCH fails on a transient error, it asks the session how much arrived and goes on
-// from there; when the session is gone, it starts a new one.
+// PATCH fails on a transient error, it requests the session's committed range and
+// continues from there. When the session is gone, it starts a new one.
 func (p *pusher) upload(ctx context.Context, desc ocispec.Descriptor, dest *destination, session *uploadSession, tracker Tracker) error {
 	client := dest.client
 	step := func(name string, err error) error {
@@ -219,7 +219,7 @@ func (p *pusher) upload(ctx context.Context, desc ocispec.Descriptor, dest *dest
 // sendBlob sends desc's bytes from the session's offset and commits.
 func (p *pusher) sendBlob(ctx context.Context, desc ocispec.Descriptor, client *repoClient, session *uploadSession, chunk int64, tracker Tracker) error {
 	if session.offset > desc.Size {
-		return fmt.Errorf("upload session holds %d bytes, more than the blob's %d", session.offset, desc.Size)
+		return fmt.Errorf("invalid upload session: it contains %d bytes, more than the blob's %d", session.offset, desc.Size)
 	}
 	body, err := p.strategy.Source.Open(ctx, desc, session.offset)
 	if err != nil {
@@ -249,7 +249,7 @@ func (p *pusher) sendBlob(ctx context.Context, desc ocispec.Descriptor, client *
 }
 
 // trackBody reports progress for body. A *os.File is returned as it is, so net/http
-// can send it with sendfile(2); its file position tells the progress instead.
+// can send it with sendfile(2). Its file position is then the progress.
 func trackBody(body io.Reader, offset int64, tracker Tracker) io.Reader {
 	if f, ok := body.(*os.File); ok {
 		tracker.Poll(filePosition(f))

@@ -148,7 +148,7 @@ func runPush(cmd *cobra.Command, f *pushFlags, args []string) error {
 }
 
 // readPushInput reads the image from --request or the first argument, which may be an
-// OCI layout directory or a push request file; the remaining arguments are destinations.
+// OCI layout directory or a push request file. The remaining arguments are destinations.
 func readPushInput(f *pushFlags, args []string) (*image.Request, []string, error) {
 	source := f.request
 	if source == "" {
