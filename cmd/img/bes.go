@@ -244,12 +244,10 @@ func besRemotes(flags *besFlags, logger *slog.Logger) (*bes.CachePool, []push.Op
 }
 
 // newLazyPusher returns a Pusher that pushes each bes job with the lazy strategy of img
-// push, streaming blobs from the cache that holds the job's push request.
-//
-// TODO: concurrent jobs whose images share a layer each upload it, because every
-// push.Push call is independent. Sharing identical uploads needs a push engine option
-// that joins them, and a waiter must still return when its ctx ends.
+// push, streaming blobs from the cache that holds the job's push request. Concurrent
+// jobs that upload the same blob to the same repository share one upload.
 func newLazyPusher(caches *bes.CachePool, options []push.Option) bes.Pusher {
+	options = append(options, push.WithUploadGroup(push.NewUploadGroup()))
 	return bes.PusherFunc(func(ctx context.Context, job bes.PushJob) (bes.PushResult, error) {
 		var client *reapi.Client
 		var err error
@@ -262,8 +260,12 @@ func newLazyPusher(caches *bes.CachePool, options []push.Option) bes.Pusher {
 			return bes.PushResult{}, err
 		}
 
-		strategy := push.Lazy(job.Decoded, blobsource.CAS{Client: client})
-		result, err := push.Push(ctx, job.Decoded, strategy, options...)
+		// Local paths in a request read from the cache name files on the build machine,
+		// not on this server, so every blob comes from the cache.
+		req := *job.Decoded
+		req.Files = nil
+		strategy := push.Lazy(&req, blobsource.CAS{Client: client})
+		result, err := push.Push(ctx, &req, strategy, options...)
 		if err != nil {
 			if isPermanentPushError(err) {
 				err = bes.Permanent(err)
