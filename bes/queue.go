@@ -403,6 +403,10 @@ func (q *Queue) attempt(ctx context.Context, job *Job, log *slog.Logger) (result
 		return PushResult{}, errSkipped
 	}
 
+	// The files map names blob files in the push target's runfiles on the build
+	// machine, which this server cannot read, so every blob comes from the remote cache.
+	request.Files = nil
+
 	return q.pusher.Push(ctx, PushJob{
 		InvocationID: job.InvocationID,
 		BuildID:      job.BuildID,

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -51,11 +52,15 @@ const (
 	// Starlark rule named image_push (checked with Bazel 4.2.3).
 	DefaultPushKind = "image_push rule"
 	// PushRequestOutputGroup is the output group that holds a push target's push
-	// request file, <name>.push_request.json.
+	// request file.
 	PushRequestOutputGroup = "img_push_request"
-	// PushRequestSuffix ends the name of every push request file.
-	PushRequestSuffix = ".push_request.json"
 )
+
+// pushRequestNames are the file names of the push request of a target named name, as
+// rules_img's image_push writes it (<name>.request.json) and as other push rules may.
+func pushRequestNames(name string) []string {
+	return []string{name + ".request.json", name + ".push_request.json"}
+}
 
 // ServerOptions configure a Server. Zero fields take the defaults in parentheses.
 type ServerOptions struct {
@@ -373,8 +378,9 @@ func (s *Server) handleBazelEvent(inv *invocation, streamID *buildpb.StreamId, e
 // targetCompleted creates the push jobs of a completed push target. A target is a push
 // target when its kind is one of PushKinds. Its push request is the file in the
 // img_push_request output group, which Bazel reports only when the build requests it
-// (--output_groups=+img_push_request); otherwise the server looks for a file named
-// *.push_request.json in the output groups Bazel did report, such as "default". When the
+// (--output_groups=+img_push_request). Otherwise the server looks for a file named
+// <name>.request.json or <name>.push_request.json in the output groups Bazel did
+// report, such as "default". When the
 // server never saw the target's TargetConfigured event (it restarted during the build),
 // only the img_push_request output group marks a push target.
 func (s *Server) targetCompleted(inv *invocation, streamID *buildpb.StreamId, id *bep.BuildEventId_TargetCompletedId, completed *bep.TargetComplete) error {
@@ -409,8 +415,9 @@ func (s *Server) targetCompleted(inv *invocation, streamID *buildpb.StreamId, id
 
 	files, missing := inv.resolveFiles(sets)
 	if !fromPushGroup {
+		names := pushRequestNames(targetName(label))
 		files = slices.DeleteFunc(files, func(file pushFile) bool {
-			return !strings.HasSuffix(file.name, PushRequestSuffix)
+			return !slices.Contains(names, path.Base(file.name))
 		})
 	}
 
@@ -432,7 +439,7 @@ func (s *Server) targetCompleted(inv *invocation, streamID *buildpb.StreamId, id
 		case fromPushGroup:
 			job.Error = fmt.Sprintf("output group %s of %s has no files; the push rule must put its push request file there", PushRequestOutputGroup, label)
 		default:
-			job.Error = fmt.Sprintf("no push request file (*%s) among the outputs of %s that Bazel reported; build with --output_groups=+%s", PushRequestSuffix, label, PushRequestOutputGroup)
+			job.Error = fmt.Sprintf("no push request file (%s) among the outputs of %s that Bazel reported; build with --output_groups=+%s", strings.Join(pushRequestNames(targetName(label)), " or "), label, PushRequestOutputGroup)
 		}
 		return s.recordFailure(job)
 	}
@@ -449,6 +456,14 @@ func (s *Server) targetCompleted(inv *invocation, streamID *buildpb.StreamId, id
 		}
 	}
 	return nil
+}
+
+// targetName returns the name part of a label: "app" for //pkg:app and //pkg/app.
+func targetName(label string) string {
+	if i := strings.LastIndex(label, ":"); i >= 0 {
+		return label[i+1:]
+	}
+	return path.Base(label)
 }
 
 func (s *Server) recordFailure(job Job) error {

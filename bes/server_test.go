@@ -505,6 +505,13 @@ func TestPushRequestFoundInDefaultOutputGroup(t *testing.T) {
 			inlineFile("push.push_request.json", pushRequestJSON("bes", "push")),
 		}).
 		completed(t, "//:push", true, map[string][]string{"default": {"s"}}).
+		configured(t, "//app:image", DefaultPushKind).
+		namedSet(t, "r", []*bep.File{
+			inlineFile("app/image", []byte("launcher")),
+			inlineFile("app/other.request.json", pushRequestJSON("bes", "other")),
+			inlineFile("app/image.request.json", pushRequestJSON("bes", "image")),
+		}).
+		completed(t, "//app:image", true, map[string][]string{"default": {"r"}}).
 		configured(t, "//:empty", DefaultPushKind).
 		namedSet(t, "e", []*bep.File{inlineFile("empty.tar", []byte("x"))}).
 		completed(t, "//:empty", true, map[string][]string{"default": {"e"}}).
@@ -516,6 +523,12 @@ func TestPushRequestFoundInDefaultOutputGroup(t *testing.T) {
 	jobs := jobsByLabel(ts.waitDone(t, "inv-default-group"))
 	if jobs["//:push"].State != StateSucceeded {
 		t.Errorf("//:push is %s (%s); expected succeeded", jobs["//:push"].State, jobs["//:push"].Error)
+	}
+	if jobs["//app:image"].State != StateSucceeded {
+		t.Errorf("//app:image is %s (%s); expected succeeded", jobs["//app:image"].State, jobs["//app:image"].Error)
+	}
+	if want := "bazel-out/k8-fastbuild/bin/app/image.request.json"; jobs["//app:image"].RequestName != want {
+		t.Errorf("//app:image request is %q; expected %q, the file named for the target", jobs["//app:image"].RequestName, want)
 	}
 	if jobs["//:empty"].State != StateFailed {
 		t.Errorf("//:empty is %s; expected failed", jobs["//:empty"].State)
