@@ -4,14 +4,17 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc"
 
@@ -262,4 +265,42 @@ func blobExists(t *testing.T, url string) bool {
 		t.Fatal(err)
 	}
 	return res == 200
+}
+
+// countingSource counts how often each blob is opened from offset 0.
+type countingSource struct {
+	blobsource.CAS
+	mu    sync.Mutex
+	opens map[digest.Digest]int
+}
+
+func (c *countingSource) Open(ctx context.Context, desc ocispec.Descriptor, offset int64) (io.ReadCloser, error) {
+	c.mu.Lock()
+	c.opens[desc.Digest]++
+	c.mu.Unlock()
+	return c.CAS.Open(ctx, desc, offset)
+}
+
+func TestLazyPushReadsEachBlobOnce(t *testing.T) {
+	skipShort(t)
+	cache := testpeer.StartBazelRemote(t)
+	first, second := testpeer.StartRegistry(t), testpeer.StartRegistry(t)
+	client := dialCache(t, cache.Endpoint())
+	req, info := cachedLayout(t, client, testpeer.LayoutSpec{Layers: []int64{3 << 20, 2 << 20}})
+	for _, ref := range []string{first.Ref("a", ":v1"), first.Ref("b", ":v1"), second.Ref("c", ":v1")} {
+		dest, _ := image.ParseDestination(ref)
+		req.Destinations = append(req.Destinations, dest)
+	}
+	source := &countingSource{CAS: blobsource.CAS{Client: client}, opens: map[digest.Digest]int{}}
+	strategy := push.Lazy(req, source)
+	if _, err := push.Push(context.Background(), req, strategy); err != nil {
+		t.Fatalf("lazy push: %v", err)
+	}
+	for _, layer := range info.Layers {
+		if n := source.opens[layer.Digest]; n != 1 {
+			t.Errorf("layer %s was read from the cache %d times for three destinations on two registries, want 1", layer.Digest, n)
+		}
+	}
+	checkPushed(t, nil, first.Ref("b", ":v1"), info)
+	checkPushed(t, nil, second.Ref("c", ":v1"), info)
 }
