@@ -42,14 +42,23 @@ type Options struct {
 
 	// Registerer receives the request metrics; nil registers nothing.
 	Registerer prometheus.Registerer
+
+	// UploadIdleTimeout ends an upload request whose client sends nothing for this long, which
+	// releases the session for a retry; 0 means DefaultUploadIdleTimeout and a negative value
+	// waits forever.
+	UploadIdleTimeout time.Duration
 }
+
+// DefaultUploadIdleTimeout is the UploadIdleTimeout when Options leaves it zero.
+const DefaultUploadIdleTimeout = 2 * time.Minute
 
 // Server serves the /v2/ API.
 type Server struct {
-	blobs          blobstore.Store
-	metadata       metadata.Store
-	logger         *slog.Logger
-	chunkMinLength int64
+	blobs             blobstore.Store
+	metadata          metadata.Store
+	logger            *slog.Logger
+	chunkMinLength    int64
+	uploadIdleTimeout time.Duration
 
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
@@ -61,16 +70,20 @@ func New(opts Options) (*Server, error) {
 		return nil, errors.New("registry: Options.Blobs and Options.Metadata are required")
 	}
 	s := &Server{
-		blobs:          opts.Blobs,
-		metadata:       opts.Metadata,
-		logger:         opts.Logger,
-		chunkMinLength: opts.ChunkMinLength,
+		blobs:             opts.Blobs,
+		metadata:          opts.Metadata,
+		logger:            opts.Logger,
+		chunkMinLength:    opts.ChunkMinLength,
+		uploadIdleTimeout: opts.UploadIdleTimeout,
 	}
 	if s.logger == nil {
 		s.logger = slog.Default()
 	}
 	if s.chunkMinLength == 0 {
 		s.chunkMinLength = DefaultChunkMinLength
+	}
+	if s.uploadIdleTimeout == 0 {
+		s.uploadIdleTimeout = DefaultUploadIdleTimeout
 	}
 
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -31,6 +31,12 @@ type testRegistry struct {
 // startRegistry serves a registry over the filesystem store and bbolt on 127.0.0.1.
 func startRegistry(t *testing.T, chunkMinLength int64) *testRegistry {
 	t.Helper()
+	return startRegistryWith(t, func(opts *registry.Options) { opts.ChunkMinLength = chunkMinLength })
+}
+
+// startRegistryWith is startRegistry with options changed by configure.
+func startRegistryWith(t *testing.T, configure func(*registry.Options)) *testRegistry {
+	t.Helper()
 	dir := t.TempDir()
 	blobs, err := filesystem.New(dir)
 	if err != nil {
@@ -43,13 +49,14 @@ func startRegistry(t *testing.T, chunkMinLength int64) *testRegistry {
 	t.Cleanup(func() { meta.Close() })
 
 	metrics := prometheus.NewRegistry()
-	server, err := registry.New(registry.Options{
-		Blobs:          blobstore.WithSizeIndex(blobs, meta),
-		Metadata:       meta,
-		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
-		ChunkMinLength: chunkMinLength,
-		Registerer:     metrics,
-	})
+	opts := registry.Options{
+		Blobs:      blobstore.WithSizeIndex(blobs, meta),
+		Metadata:   meta,
+		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Registerer: metrics,
+	}
+	configure(&opts)
+	server, err := registry.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

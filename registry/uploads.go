@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -184,7 +185,8 @@ func (s *Server) appendChunk(w http.ResponseWriter, r *http.Request, name string
 	before := writer.Size()
 	buffer := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(buffer)
-	copied, err := io.CopyBuffer(onlyWriter{writer}, r.Body, *buffer)
+	body := &idleTimeoutReader{reader: r.Body, controller: http.NewResponseController(w), timeout: s.uploadIdleTimeout}
+	copied, err := io.CopyBuffer(onlyWriter{writer}, body, *buffer)
 	if err != nil {
 		// The stored bytes stay in the session, so a client can ask GET for the range and resume.
 		return fmt.Errorf("upload %s: reading the request body failed after %d bytes (the session contains %d): %w", writer.ID(), copied, before+copied, err)
@@ -206,6 +208,24 @@ var copyBuffers = sync.Pool{New: func() any {
 // onlyWriter hides every method but Write, so io.CopyBuffer uses the pooled buffer even when a
 // store's writer implements io.ReaderFrom.
 type onlyWriter struct{ io.Writer }
+
+// idleTimeoutReader moves the connection's read deadline forward before every read, so a client
+// that stops sending fails after timeout, and releases its upload session, however long the
+// whole upload takes.
+type idleTimeoutReader struct {
+	reader     io.Reader
+	controller *http.ResponseController
+	timeout    time.Duration
+}
+
+func (r *idleTimeoutReader) Read(p []byte) (int, error) {
+	if r.timeout > 0 {
+		// Servers whose connections have no deadlines (some test servers) return an error
+		// here, and then the read simply waits as long as the client.
+		r.controller.SetReadDeadline(time.Now().Add(r.timeout))
+	}
+	return r.reader.Read(p)
+}
 
 // parseContentRange reads the "<start>-<end>" form the spec uses for chunks (an optional
 // "bytes " prefix is accepted too).

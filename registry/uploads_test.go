@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/rulesimg/img/registry"
 )
 
 func TestUploadMonolithicPost(t *testing.T) {
@@ -199,4 +201,37 @@ func TestUploadStreamedPatchWithoutLength(t *testing.T) {
 
 	resp = reg.do(t, http.MethodPut, patched.Header.Get("Location")+"?digest="+dgst.String(), nil)
 	expectStatus(t, resp, http.StatusCreated)
+}
+
+// TestUploadIdleClientReleasesSession starts a PATCH that stalls midway and checks that the
+// session is released after the idle timeout, so the client can resume it.
+func TestUploadIdleClientReleasesSession(t *testing.T) {
+	reg := startRegistryWith(t, func(opts *registry.Options) { opts.UploadIdleTimeout = 200 * time.Millisecond })
+	resp := reg.do(t, http.MethodPost, "/v2/app/blobs/uploads/", nil)
+	location := resp.Header.Get("Location")
+
+	base, _ := url.Parse(reg.url)
+	conn, err := net.Dial("tcp", base.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "PATCH %s HTTP/1.1\r\nHost: %s\r\nContent-Length: 100\r\n\r\n", location, base.Host)
+	conn.Write([]byte("0123456789"))
+
+	// A GET that runs before the server reads the PATCH sees an empty session, so poll. Without
+	// the idle timeout, a GET after that blocks for as long as the connection stays open.
+	client := &http.Client{Timeout: 5 * time.Second}
+	var stored string
+	for deadline := time.Now().Add(5 * time.Second); stored != "0-9" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		resp, err := client.Get(reg.url + location)
+		if err != nil {
+			t.Fatalf("GET of the stalled session: %v", err)
+		}
+		resp.Body.Close()
+		stored = resp.Header.Get("Range")
+	}
+	if stored != "0-9" {
+		t.Errorf("Range after the stalled PATCH = %q, want 0-9", stored)
+	}
 }

@@ -46,6 +46,7 @@ type registryFlags struct {
 	shutdownTimeout  time.Duration
 	uploadMaxAge     time.Duration
 	existsCacheTTL   time.Duration
+	uploadIdle       time.Duration
 
 	// cache is the remote cache connection, dialed on first use.
 	cache *reapi.Client
@@ -81,6 +82,7 @@ cas_registry pushes register blobs that already sit in the remote cache.`,
 	f.Int64Var(&flags.chunkMinLength, "chunk-min-length", registry.DefaultChunkMinLength, "chunk size in bytes announced to clients in OCI-Chunk-Min-Length; 0 announces nothing")
 	f.DurationVar(&flags.shutdownTimeout, "shutdown-timeout", 5*time.Minute, "how long SIGTERM or SIGINT waits for requests in flight, such as uploads, before closing them")
 	f.DurationVar(&flags.uploadMaxAge, "upload-max-age", 24*time.Hour, "upload sessions untouched for this long are removed at startup")
+	f.DurationVar(&flags.uploadIdle, "upload-idle-timeout", registry.DefaultUploadIdleTimeout, "an upload request whose client sends no byte for this long fails, so the client can resume the session")
 	f.DurationVar(&flags.existsCacheTTL, "blob-exists-cache-ttl", 0, "how long a blob found by HEAD is remembered without asking the stores again; a blob evicted from the remote cache still answers HEAD for up to this long (default 0, off)")
 
 	rootCmd.AddCommand(cmd)
@@ -141,11 +143,12 @@ func runRegistry(ctx context.Context, flags *registryFlags) error {
 		chunkMinLength = -1
 	}
 	server, err := registry.New(registry.Options{
-		Blobs:          blobs,
-		Metadata:       meta,
-		Logger:         logger,
-		ChunkMinLength: chunkMinLength,
-		Registerer:     metrics,
+		Blobs:             blobs,
+		Metadata:          meta,
+		Logger:            logger,
+		ChunkMinLength:    chunkMinLength,
+		Registerer:        metrics,
+		UploadIdleTimeout: flags.uploadIdle,
 	})
 	if err != nil {
 		return err
