@@ -113,3 +113,23 @@ func TestAuthorizationNotForwardedOnRedirect(t *testing.T) {
 		t.Errorf("%d requests to the redirect target carried the registry's Authorization header", leaked.Load())
 	}
 }
+
+func TestPushRetriesUploadAfter401(t *testing.T) {
+	skipShort(t)
+	reg := testpeer.StartRegistry(t, testpeer.WithTokenAuth("dave", "secret-4"))
+	proxy := faultproxy.New(t, reg.URL)
+	dir := t.TempDir()
+	config := fmt.Sprintf(`{"auths": {%q: {"username": "dave", "password": "secret-4"}}}`, proxy.Addr)
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", dir)
+	info := testpeer.WriteLayout(t, t.TempDir(), testpeer.LayoutSpec{Layers: []int64{3 << 20}, RawLayers: true})
+	proxy.FailNext("PATCH", "/blobs/uploads/", 1, http.StatusUnauthorized, "")
+	if _, err := pushLayout(t, info.Dir, []string{proxy.Addr + "/reauth:v1"}); err != nil {
+		t.Fatalf("push after a 401 mid-upload: %v", err)
+	}
+	if got := proxy.Count("PATCH", "/blobs/uploads/"); got < 2 {
+		t.Errorf("sent %d PATCHes, want the rejected one and a retry", got)
+	}
+}

@@ -185,6 +185,7 @@ func (p *pusher) upload(ctx context.Context, desc ocispec.Descriptor, dest *dest
 		chunk = session.minChunk
 	}
 
+	reauthenticated := false
 	for attempt := 0; ; attempt++ {
 		err = p.sendBlob(ctx, desc, client, session, chunk, tracker)
 		if err == nil {
@@ -194,7 +195,13 @@ func (p *pusher) upload(ctx context.Context, desc ocispec.Descriptor, dest *dest
 		if errors.As(err, &regErr) && regErr.HasCode("DIGEST_INVALID") {
 			return step("committing the upload", err)
 		}
-		if !retryableError(err) || attempt >= p.opts.retries || ctx.Err() != nil {
+		// A 401 here means the token expired during the upload. The auth transport has
+		// dropped it, so one more attempt fetches a new one; a file body cannot be
+		// replayed inside the transport.
+		reauthenticate := errors.As(err, &regErr) && regErr.StatusCode == 401 && !reauthenticated
+		if reauthenticate {
+			reauthenticated = true
+		} else if !retryableError(err) || attempt >= p.opts.retries || ctx.Err() != nil {
 			return step("uploading", err)
 		}
 		wait := p.opts.backoff.delay(attempt)
