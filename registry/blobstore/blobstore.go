@@ -96,6 +96,18 @@ type Redirector interface {
 	RedirectURL(ctx context.Context, dgst digest.Digest) (url string, ok bool, err error)
 }
 
+// ReadOnlyStore is implemented by stores that serve blobs but accept no uploads, such as a store
+// that reads from another registry. Chain sends uploads past them.
+type ReadOnlyStore interface {
+	ReadOnly() bool
+}
+
+// IsReadOnly reports whether store declares itself read-only.
+func IsReadOnly(store Store) bool {
+	readOnly, ok := store.(ReadOnlyStore)
+	return ok && readOnly.ReadOnly()
+}
+
 // SizeIndex records blob sizes by digest. Stores whose backend addresses blobs by digest and
 // size (a REAPI cache) need it, because a registry URL carries only the digest.
 type SizeIndex interface {

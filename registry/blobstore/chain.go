@@ -50,7 +50,7 @@ func (c *chain) Open(ctx context.Context, dgst digest.Digest, offset int64) (io.
 
 func (c *chain) writable() (Store, error) {
 	for _, store := range c.stores {
-		if ro, ok := store.(interface{ ReadOnly() bool }); ok && ro.ReadOnly() {
+		if IsReadOnly(store) {
 			continue
 		}
 		return store, nil

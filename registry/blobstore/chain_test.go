@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rulesimg/img/registry/blobstore"
 )
@@ -57,5 +58,20 @@ func TestChainDeleteRemovesEverywhere(t *testing.T) {
 	}
 	if err := chain.Delete(context.Background(), dgst); !errors.Is(err, blobstore.ErrNotFound) {
 		t.Errorf("second Delete = %v, want ErrNotFound", err)
+	}
+}
+
+func TestChainSkipsMeteredReadOnlyStore(t *testing.T) {
+	metrics, err := blobstore.NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	readOnly, writable := newFilesystem(t), newFilesystem(t)
+	chain := blobstore.Chain(metrics.Wrap(readOnlyStore{readOnly}, "upstream"), metrics.Wrap(writable, "fs"))
+
+	dgst := put(t, chain, "uploaded past the metered read-only store")
+
+	if _, err := writable.Stat(context.Background(), dgst); err != nil {
+		t.Errorf("writable store Stat = %v, want the blob", err)
 	}
 }

@@ -117,6 +117,10 @@ func (s *metered) RedirectURL(ctx context.Context, dgst digest.Digest) (string, 
 	return "", false, nil
 }
 
+// ReadOnly forwards the wrapped store's declaration, so a chain of metered stores still sends
+// uploads past read-only ones.
+func (s *metered) ReadOnly() bool { return IsReadOnly(s.Store) }
+
 type meteredWriter struct {
 	Writer
 	store *metered
