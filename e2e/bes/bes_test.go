@@ -174,9 +174,17 @@ func (w testLog) Write(p []byte) (int, error) {
 type bazel struct {
 	workspace string
 	root      string
+	env       []string
 }
 
+// newBazel copies the stand-in workspace testdata/workspace for a test.
 func newBazel(t *testing.T) *bazel {
+	return newBazelWorkspace(t, "testdata/workspace")
+}
+
+// newBazelWorkspace copies the workspace folder from for a test, with __RULES_IMG__ in
+// its WORKSPACE file replaced by the repository root.
+func newBazelWorkspace(t *testing.T, from string) *bazel {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("runs bazel build")
@@ -186,8 +194,19 @@ func newBazel(t *testing.T) *bazel {
 	}
 
 	dir := t.TempDir()
-	b := &bazel{workspace: filepath.Join(dir, "workspace"), root: filepath.Join(dir, "root")}
-	copyDir(t, "testdata/workspace", b.workspace)
+	b := &bazel{workspace: filepath.Join(dir, "workspace"), root: filepath.Join(dir, "root"), env: os.Environ()}
+	copyDir(t, from, b.workspace)
+
+	workspaceFile := filepath.Join(b.workspace, "WORKSPACE")
+	body, err := os.ReadFile(workspaceFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body = bytes.ReplaceAll(body, []byte("__RULES_IMG__"), []byte(testpeer.RepoRoot(t)))
+	if err := os.WriteFile(workspaceFile, body, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	t.Cleanup(func() {
 		// The Bazel server outlives the command; stop it so the test leaves no process.
 		cmd := exec.Command("bazel-4", "--bazelrc=/dev/null", "--output_user_root="+b.root, "shutdown")
@@ -206,6 +225,7 @@ func (b *bazel) build(t *testing.T, args ...string) (string, error) {
 	full := append([]string{"--bazelrc=/dev/null", "--output_user_root=" + b.root, "--max_idle_secs=60", "build", "--color=no", "--curses=no", "--nosandbox_debug"}, args...)
 	cmd := exec.CommandContext(ctx, "bazel-4", full...)
 	cmd.Dir = b.workspace
+	cmd.Env = b.env
 	output, err := cmd.CombinedOutput()
 	t.Logf("bazel-4 %s\n%s", strings.Join(full, " "), output)
 	return string(output), err

@@ -279,3 +279,42 @@ func TestImgBESResumesPushAfterKill(t *testing.T) {
 		t.Errorf("manifest of e2e/app:latest is\n%s\nexpected\n%s", manifest, want)
 	}
 }
+
+func TestImgBESPushesRulesImgTarget(t *testing.T) {
+	b := newBazelWorkspace(t, "testdata/rules_img")
+	// The rules run this img instead of building their own with the host Go.
+	b.env = append(b.env, "IMG_TOOL_BINARY="+buildImg(t))
+	cache := testpeer.StartBazelRemote(t)
+	registry := testpeer.StartRegistry(t)
+	server := startImgBES(t, t.TempDir(), "--commit-mode", "per-stream")
+
+	// Without --output_groups, the server finds push.request.json among the default
+	// outputs of the image_push target.
+	resultsURL := server.httpURL + "/invocation/"
+	output, err := b.build(t,
+		"--bes_backend=grpc://"+server.grpcAddr,
+		"--bes_results_url="+resultsURL,
+		"--remote_cache="+cache.Endpoint(),
+		"--//:registry="+registry.Addr,
+		"//:push", "//:push_lazy")
+	if err != nil {
+		t.Fatalf("bazel build failed: %v", err)
+	}
+	id := invocationID(t, output, resultsURL)
+
+	pushes := server.waitResults(t, id)
+	if pushes["//:push"].State != bes.StateSucceeded {
+		t.Fatalf("//:push is %s (error %q); expected succeeded", pushes["//:push"].State, pushes["//:push"].Error)
+	}
+	if pushes["//:push_lazy"].State != bes.StateSkipped {
+		t.Errorf("//:push_lazy is %s; expected skipped", pushes["//:push_lazy"].State)
+	}
+
+	ref := registry.Ref("e2e/rules-img", ":latest")
+	digest := registry.Crane(t, "digest", ref)
+	if pushes["//:push"].Digest != digest {
+		t.Errorf("results API digest of //:push is %q; the registry has %s", pushes["//:push"].Digest, digest)
+	}
+	layer := layerDigest(t, registry.Crane(t, "manifest", ref))
+	registry.Crane(t, "blob", registry.Ref("e2e/rules-img", "@"+layer))
+}
