@@ -89,7 +89,7 @@ func manifestError(err error) error {
 // getManifest serves GET and HEAD of a manifest by tag or digest, with the media type it was
 // pushed with.
 func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, name, reference string) {
-	dgst, err := s.resolveReference(r, name, reference)
+	manifest, err := s.findManifest(r, name, reference)
 	if err != nil {
 		// A malformed digest can never name a stored manifest.
 		var api *apiError
@@ -99,13 +99,8 @@ func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, name, refer
 		writeError(w, r, err)
 		return
 	}
+	dgst := manifest.Digest
 	requestInfoFrom(r).digest = dgst.String()
-
-	manifest, err := s.metadata.Manifest(r.Context(), name, dgst)
-	if err != nil {
-		writeError(w, r, manifestError(err))
-		return
-	}
 
 	header := w.Header()
 	header.Set("Content-Type", manifest.MediaType)
@@ -116,6 +111,36 @@ func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, name, refer
 	if r.Method == http.MethodGet {
 		w.Write(manifest.Content)
 	}
+}
+
+// findManifest returns the manifest a reference names from the metadata store, else from the
+// first manifest source that has it.
+func (s *Server) findManifest(r *http.Request, name, reference string) (metadata.Manifest, error) {
+	dgst, err := s.resolveReference(r, name, reference)
+	if err == nil {
+		var manifest metadata.Manifest
+		manifest, err = s.metadata.Manifest(r.Context(), name, dgst)
+		if err == nil {
+			return manifest, nil
+		}
+		err = manifestError(err)
+	}
+	var api *apiError
+	if !errors.As(err, &api) || api.code != codeManifestUnknown {
+		return metadata.Manifest{}, err
+	}
+
+	for _, source := range s.manifestSources {
+		manifest, sourceErr := source.Manifest(r.Context(), name, reference)
+		if errors.Is(sourceErr, metadata.ErrManifestUnknown) {
+			continue
+		}
+		if sourceErr != nil {
+			return metadata.Manifest{}, sourceErr
+		}
+		return manifest, nil
+	}
+	return metadata.Manifest{}, err
 }
 
 // putManifest validates and stores a manifest, tagging it when the reference is a tag or when

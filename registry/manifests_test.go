@@ -2,12 +2,17 @@ package registry_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/rulesimg/img/registry"
+	"github.com/rulesimg/img/registry/metadata"
 )
 
 const ociManifest = "application/vnd.oci.image.manifest.v1+json"
@@ -221,4 +226,48 @@ func TestCatalogListsRepositories(t *testing.T) {
 	if body := string(readBody(t, resp)); body != `{"repositories":["c"]}` {
 		t.Errorf("page after b/app = %s", body)
 	}
+}
+
+// boltSource serves manifests from a second metadata store, standing in for an upstream
+// registry read through.
+type boltSource struct{ store *metadata.Bolt }
+
+func (b boltSource) Manifest(ctx context.Context, repository, reference string) (metadata.Manifest, error) {
+	dgst := digest.Digest(reference)
+	if !strings.Contains(reference, ":") {
+		var err error
+		if dgst, err = b.store.ResolveTag(ctx, repository, reference); err != nil {
+			return metadata.Manifest{}, err
+		}
+	}
+	return b.store.Manifest(ctx, repository, dgst)
+}
+
+func TestManifestSourceServesMissingManifest(t *testing.T) {
+	ctx := context.Background()
+	upstream, err := metadata.OpenBolt(filepath.Join(t.TempDir(), "upstream.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer upstream.Close()
+	content := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`)
+	dgst := digest.FromBytes(content)
+	upstream.PutManifest(ctx, "mirrored/app", metadata.Manifest{Digest: dgst, MediaType: "application/vnd.oci.image.index.v1+json", Content: content}, []string{"v1"})
+
+	reg := startRegistryWith(t, func(opts *registry.Options) {
+		opts.ManifestSources = []registry.ManifestSource{boltSource{upstream}}
+	})
+
+	for _, reference := range []string{"v1", dgst.String()} {
+		resp := reg.do(t, http.MethodGet, "/v2/mirrored/app/manifests/"+reference, nil)
+		expectStatus(t, resp, http.StatusOK)
+		if got := resp.Header.Get("Docker-Content-Digest"); got != dgst.String() {
+			t.Errorf("GET %s Docker-Content-Digest = %q, want %s", reference, got, dgst)
+		}
+		if body := readBody(t, resp); !bytes.Equal(body, content) {
+			t.Errorf("GET %s body = %s, want the upstream manifest", reference, body)
+		}
+	}
+	resp := reg.do(t, http.MethodGet, "/v2/mirrored/app/manifests/v2", nil)
+	expectErrorCode(t, resp, http.StatusNotFound, "MANIFEST_UNKNOWN")
 }

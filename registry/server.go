@@ -43,10 +43,20 @@ type Options struct {
 	// Registerer receives the request metrics; nil registers nothing.
 	Registerer prometheus.Registerer
 
+	// ManifestSources supply manifests that Metadata lacks, looked up in order, for example an
+	// upstream registry read through. Manifests they return are served, not stored.
+	ManifestSources []ManifestSource
+
 	// UploadIdleTimeout ends an upload request whose client sends nothing for this long, which
 	// releases the session for a retry; 0 means DefaultUploadIdleTimeout and a negative value
 	// waits forever.
 	UploadIdleTimeout time.Duration
+}
+
+// ManifestSource supplies manifests by repository and reference (a tag or a digest). It returns
+// an error matching metadata.ErrManifestUnknown when it has none.
+type ManifestSource interface {
+	Manifest(ctx context.Context, repository, reference string) (metadata.Manifest, error)
 }
 
 // DefaultUploadIdleTimeout is the UploadIdleTimeout when Options leaves it zero.
@@ -59,6 +69,7 @@ type Server struct {
 	logger            *slog.Logger
 	chunkMinLength    int64
 	uploadIdleTimeout time.Duration
+	manifestSources   []ManifestSource
 
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
@@ -75,6 +86,7 @@ func New(opts Options) (*Server, error) {
 		logger:            opts.Logger,
 		chunkMinLength:    opts.ChunkMinLength,
 		uploadIdleTimeout: opts.UploadIdleTimeout,
+		manifestSources:   opts.ManifestSources,
 	}
 	if s.logger == nil {
 		s.logger = slog.Default()
