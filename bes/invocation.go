@@ -27,7 +27,7 @@ type invocation struct {
 	// event at or below it is a replay.
 	lastSequence map[int32]int64
 	kinds        map[string]string
-	namedSets    map[string]*bep.NamedSetOfFiles
+	namedSets    map[string]namedSet
 
 	started      time.Time
 	lastEvent    time.Time
@@ -43,7 +43,7 @@ func newInvocation(id string) *invocation {
 		id:           id,
 		lastSequence: map[int32]int64{},
 		kinds:        map[string]string{},
-		namedSets:    map[string]*bep.NamedSetOfFiles{},
+		namedSets:    map[string]namedSet{},
 		lastEvent:    time.Now(),
 	}
 }
@@ -53,6 +53,28 @@ type pushFile struct {
 	name     string
 	uri      string
 	contents []byte
+}
+
+// namedSet is the part of a NamedSetOfFiles event that can lead to a push request: its
+// JSON files and its nested sets. Other files, such as layers and binaries, are dropped
+// when the event arrives, because a large build reports millions of them.
+type namedSet struct {
+	files  []pushFile
+	nested []string
+}
+
+func newNamedSet(event *bep.NamedSetOfFiles) namedSet {
+	var set namedSet
+	for _, file := range event.GetFiles() {
+		if !strings.HasSuffix(file.GetName(), ".json") {
+			continue
+		}
+		set.files = append(set.files, pushFile{name: fileKey(file), uri: file.GetUri(), contents: file.GetContents()})
+	}
+	for _, nested := range event.GetFileSets() {
+		set.nested = append(set.nested, nested.GetId())
+	}
+	return set
 }
 
 // resolveFiles returns the files of the named sets ids and all sets nested in them,
@@ -82,17 +104,15 @@ func (inv *invocation) resolveFiles(ids []*bep.BuildEventId_NamedSetOfFilesId) (
 			continue
 		}
 
-		for _, file := range set.GetFiles() {
-			key := fileKey(file)
-			if seenFiles[key] {
+		for _, file := range set.files {
+			if seenFiles[file.name] {
 				continue
 			}
-			seenFiles[key] = true
-			files = append(files, pushFile{name: key, uri: file.GetUri(), contents: file.GetContents()})
+			seenFiles[file.name] = true
+			files = append(files, file)
 		}
-		nested := set.GetFileSets()
-		for i := len(nested) - 1; i >= 0; i-- {
-			stack = append(stack, nested[i].GetId())
+		for i := len(set.nested) - 1; i >= 0; i-- {
+			stack = append(stack, set.nested[i])
 		}
 	}
 	return files, missing

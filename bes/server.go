@@ -52,7 +52,8 @@ const (
 	// Starlark rule named image_push (checked with Bazel 4.2.3).
 	DefaultPushKind = "image_push rule"
 	// PushRequestOutputGroup is the output group that holds a push target's push
-	// request file.
+	// request file. The file name must end in .json, because the server keeps only
+	// JSON files of the file sets that Bazel reports.
 	PushRequestOutputGroup = "img_push_request"
 )
 
@@ -357,7 +358,7 @@ func (s *Server) handleBazelEvent(inv *invocation, streamID *buildpb.StreamId, e
 
 	case *bep.BuildEvent_NamedSetOfFiles:
 		s.metrics.events.WithLabelValues("named_set_of_files").Inc()
-		inv.namedSets[id.GetNamedSet().GetId()] = payload.NamedSetOfFiles
+		inv.namedSets[id.GetNamedSet().GetId()] = newNamedSet(payload.NamedSetOfFiles)
 
 	case *bep.BuildEvent_Completed:
 		s.metrics.events.WithLabelValues("target_completed").Inc()
