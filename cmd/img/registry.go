@@ -28,6 +28,8 @@ import (
 	"github.com/rulesimg/img/registry/blobstore"
 	"github.com/rulesimg/img/registry/blobstore/filesystem"
 	reapistore "github.com/rulesimg/img/registry/blobstore/reapi"
+	s3store "github.com/rulesimg/img/registry/blobstore/s3"
+	"github.com/rulesimg/img/registry/blobstore/upstream"
 	"github.com/rulesimg/img/registry/metadata"
 )
 
@@ -47,9 +49,33 @@ type registryFlags struct {
 	uploadMaxAge     time.Duration
 	existsCacheTTL   time.Duration
 	uploadIdle       time.Duration
+	upstream         upstreamFlags
+	s3               s3Flags
 
 	// cache is the remote cache connection, dialed on first use.
 	cache *reapi.Client
+
+	// manifestSources are the stores that also supply manifests (the upstream store), filled in
+	// while the blob stores open.
+	manifestSources []registry.ManifestSource
+}
+
+// upstreamFlags configure the upstream store, which reads through from another registry.
+type upstreamFlags struct {
+	url       string
+	redirect  bool
+	plainHTTP bool
+}
+
+// s3Flags configure the s3 store.
+type s3Flags struct {
+	bucket    string
+	prefix    string
+	endpoint  string
+	region    string
+	profile   string
+	pathStyle bool
+	redirect  bool
 }
 
 func init() {
@@ -74,16 +100,27 @@ cas_registry pushes register blobs that already sit in the remote cache.`,
 	f.IntVar(&flags.port, "port", 5000, "TCP port of the registry HTTP API, /metrics and /healthz; 0 picks a free port")
 	f.IntVar(&flags.grpcPort, "grpc-port", 4444, "TCP port of the gRPC blob-cache service, used with --enable-blobcache; 0 picks a free port")
 	f.BoolVar(&flags.enableBlobcache, "enable-blobcache", false, "serve the gRPC blob-cache service (needs --reapi-endpoint)")
-	f.StringArrayVar(&flags.blobStores, "blob-store", nil, "blob store to use: filesystem or reapi; repeat to chain stores, looked up in order (default filesystem)")
+	f.StringArrayVar(&flags.blobStores, "blob-store", nil, "blob store to use: filesystem, reapi, s3 or upstream; repeat to chain stores, looked up in order (default filesystem)")
 	f.StringVar(&flags.reapiEndpoint, "reapi-endpoint", os.Getenv("IMG_REAPI_ENDPOINT"), "remote cache for the reapi store and the blob-cache service, as grpc://host:port or grpcs://host:port (default $IMG_REAPI_ENDPOINT)")
 	f.StringVar(&flags.instanceName, "remote-instance-name", "", "REAPI instance name of the remote cache")
-	f.StringVar(&flags.credentialHelper, "credential-helper", os.Getenv("IMG_CREDENTIAL_HELPER"), "path of a Bazel credential helper that supplies headers for the remote cache (default $IMG_CREDENTIAL_HELPER)")
+	f.StringVar(&flags.credentialHelper, "credential-helper", os.Getenv("IMG_CREDENTIAL_HELPER"), "path of a Bazel credential helper that supplies headers for the remote cache and the upstream registry (default $IMG_CREDENTIAL_HELPER)")
 	f.StringVar(&flags.dataDir, "data-dir", "", "folder for the metadata database, upload sessions and filesystem blobs (default $XDG_DATA_HOME/img/registry or ~/.local/share/img/registry)")
 	f.Int64Var(&flags.chunkMinLength, "chunk-min-length", registry.DefaultChunkMinLength, "chunk size in bytes announced to clients in OCI-Chunk-Min-Length; 0 announces nothing")
 	f.DurationVar(&flags.shutdownTimeout, "shutdown-timeout", 5*time.Minute, "how long SIGTERM or SIGINT waits for requests in flight, such as uploads, before closing them")
 	f.DurationVar(&flags.uploadMaxAge, "upload-max-age", 24*time.Hour, "upload sessions untouched for this long are removed at startup")
 	f.DurationVar(&flags.uploadIdle, "upload-idle-timeout", registry.DefaultUploadIdleTimeout, "an upload request whose client sends no byte for this long fails, so the client can resume the session")
 	f.DurationVar(&flags.existsCacheTTL, "blob-exists-cache-ttl", 0, "how long a blob found by HEAD is remembered without asking the stores again; a blob evicted from the remote cache still answers HEAD for up to this long (default 0, off)")
+
+	f.StringVar(&flags.upstream.url, "upstream-url", "", "base URL of the registry the upstream store reads through from, as http(s)://host[:port]; credentials come from the docker config or --credential-helper")
+	f.BoolVar(&flags.upstream.redirect, "upstream-redirect", false, "pass the upstream's redirects to its blob storage on to clients instead of streaming the bytes")
+	f.BoolVar(&flags.upstream.plainHTTP, "upstream-plain-http", false, "allow an http:// --upstream-url whose host is not loopback")
+	f.StringVar(&flags.s3.bucket, "s3-bucket", "", "S3 bucket of the s3 store")
+	f.StringVar(&flags.s3.prefix, "s3-prefix", "", "key prefix of the s3 store's objects, for example registry/; keys are <prefix><algorithm>/<hex>")
+	f.StringVar(&flags.s3.endpoint, "s3-endpoint", "", "S3 endpoint URL, for example http://127.0.0.1:9000 for minio (default AWS's endpoint for the region)")
+	f.StringVar(&flags.s3.region, "s3-region", "", "S3 signing region (default from the AWS configuration, else us-east-1 with --s3-endpoint)")
+	f.StringVar(&flags.s3.profile, "s3-profile", "", "AWS shared configuration profile for the s3 store's credentials (default $AWS_PROFILE or default)")
+	f.BoolVar(&flags.s3.pathStyle, "s3-path-style", false, "address the bucket in the URL path, as minio and most S3-compatible servers need")
+	f.BoolVar(&flags.s3.redirect, "s3-redirect", false, "answer blob GETs with a redirect to a presigned S3 URL (valid 15 minutes) instead of streaming the bytes")
 
 	rootCmd.AddCommand(cmd)
 }
@@ -149,6 +186,7 @@ func runRegistry(ctx context.Context, flags *registryFlags) error {
 		ChunkMinLength:    chunkMinLength,
 		Registerer:        metrics,
 		UploadIdleTimeout: flags.uploadIdle,
+		ManifestSources:   flags.manifestSources,
 	})
 	if err != nil {
 		return err
@@ -250,8 +288,12 @@ func openBlobStore(ctx context.Context, name string, flags *registryFlags, meta 
 		return store, nil, nil
 	case "reapi":
 		return openREAPIStore(ctx, flags, meta, logger)
+	case "s3":
+		return openS3Store(ctx, flags, logger)
+	case "upstream":
+		return openUpstreamStore(flags, logger)
 	default:
-		return nil, nil, fmt.Errorf("unknown --blob-store %q; use filesystem or reapi", name)
+		return nil, nil, fmt.Errorf("unknown --blob-store %q; use filesystem, reapi, s3 or upstream", name)
 	}
 }
 
@@ -277,9 +319,70 @@ func storeLabel(index int, store blobstore.Store) string {
 		return "filesystem"
 	case *reapistore.Store:
 		return "reapi"
+	case *s3store.Store:
+		return "s3"
+	case *upstream.Store:
+		return "upstream"
 	default:
 		return fmt.Sprintf("store%d", index)
 	}
+}
+
+func openS3Store(ctx context.Context, flags *registryFlags, logger *slog.Logger) (blobstore.Store, func(), error) {
+	if flags.s3.bucket == "" {
+		return nil, nil, errors.New("--blob-store s3 needs --s3-bucket")
+	}
+	client, err := s3store.NewClient(ctx, s3store.ClientOptions{
+		Endpoint:  flags.s3.endpoint,
+		Region:    flags.s3.region,
+		Profile:   flags.s3.profile,
+		PathStyle: flags.s3.pathStyle,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := s3store.New(client, s3store.Options{
+		Bucket:     flags.s3.bucket,
+		Prefix:     flags.s3.prefix,
+		StagingDir: filepath.Join(flags.dataDir, "s3-uploads"),
+		Redirect:   flags.s3.redirect,
+		Logger:     logger,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := store.CheckBucket(ctx); err != nil {
+		return nil, nil, err
+	}
+	if removed, err := store.Uploads().PurgeStale(flags.uploadMaxAge); err != nil {
+		logger.Warn("purging stale upload sessions failed", "error", err)
+	} else if removed > 0 {
+		logger.Info("removed stale upload sessions", "count", removed)
+	}
+	logger.Info("s3 blob store ready", "bucket", flags.s3.bucket, "prefix", flags.s3.prefix, "endpoint", flags.s3.endpoint, "redirect", flags.s3.redirect)
+	return store, nil, nil
+}
+
+func openUpstreamStore(flags *registryFlags, logger *slog.Logger) (blobstore.Store, func(), error) {
+	if flags.upstream.url == "" {
+		return nil, nil, errors.New("--blob-store upstream needs --upstream-url, for example https://registry.example.com")
+	}
+	opts := upstream.Options{
+		URL:            flags.upstream.url,
+		AllowPlainHTTP: flags.upstream.plainHTTP,
+		Redirect:       flags.upstream.redirect,
+		Logger:         logger,
+	}
+	if flags.credentialHelper != "" {
+		opts.CredentialHelper = credhelper.New(flags.credentialHelper)
+	}
+	store, err := upstream.New(opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--upstream-url: %w", err)
+	}
+	flags.manifestSources = append(flags.manifestSources, store)
+	logger.Info("upstream blob store ready", "url", store.URL(), "redirect", flags.upstream.redirect, "credential_helper", flags.credentialHelper != "")
+	return store, nil, nil
 }
 
 // dialCache connects to --reapi-endpoint once; the reapi store and the blob-cache service share
