@@ -92,7 +92,7 @@ func manifestMediaType(contentType string, content []byte) string {
 
 // statusError turns an upstream response other than success into an error: 404 becomes
 // blobstore.ErrNotFound (for a blob) or metadata.ErrManifestUnknown (for a manifest), so the
-// client sees BLOB_UNKNOWN or MANIFEST_UNKNOWN. 401 and 403 say that the upstream rejected the
+// client sees BLOB_UNKNOWN or MANIFEST_UNKNOWN. 401 and 403 report that the upstream rejected the
 // registry's credentials, which the client cannot fix by logging in to this registry.
 func (s *Store) statusError(resp *http.Response, kind, repository, reference string) error {
 	body := ""
