@@ -37,7 +37,17 @@ func startRegistry(t *testing.T, chunkMinLength int64) *testRegistry {
 // startRegistryWith is startRegistry with options changed by configure.
 func startRegistryWith(t *testing.T, configure func(*registry.Options)) *testRegistry {
 	t.Helper()
-	dir := t.TempDir()
+	return startRegistryAt(t, t.TempDir(), configure)
+}
+
+// startRegistryIn is startRegistry with its data in dir.
+func startRegistryIn(t *testing.T, dir string) *testRegistry {
+	t.Helper()
+	return startRegistryAt(t, dir, func(*registry.Options) {})
+}
+
+func startRegistryAt(t *testing.T, dir string, configure func(*registry.Options)) *testRegistry {
+	t.Helper()
 	blobs, err := filesystem.New(dir)
 	if err != nil {
 		t.Fatal(err)

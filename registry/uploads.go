@@ -58,7 +58,9 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, name, _ str
 	requestInfoFrom(r).uploadID = writer.ID()
 
 	if value := query.Get("digest"); value != "" {
-		s.finishUpload(w, r, name, writer, value)
+		// The client never learns this session's id, so a failed monolithic upload must not
+		// leave the session behind.
+		s.finishUpload(w, r, name, writer, value, false)
 		return
 	}
 
@@ -126,35 +128,37 @@ func (s *Server) putUpload(w http.ResponseWriter, r *http.Request, name, id stri
 		writeError(w, r, uploadError(err))
 		return
 	}
-	s.finishUpload(w, r, name, writer, r.URL.Query().Get("digest"))
+	s.finishUpload(w, r, name, writer, r.URL.Query().Get("digest"), true)
 }
 
 // finishUpload appends the request body to a held session and commits it. It ends the session
-// on success and on a digest mismatch, and releases it otherwise.
-func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, name string, writer blobstore.Writer, value string) {
+// on success and on a digest mismatch. On other failures it keeps the session for a retry when
+// resumable is set, and cancels it otherwise.
+func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, name string, writer blobstore.Writer, value string, resumable bool) {
 	ctx := r.Context()
+	fail := func(err error) {
+		if resumable && !errors.Is(err, blobstore.ErrDigestMismatch) {
+			writer.Close()
+		} else {
+			// A mismatch means the client must start over, so the bytes are of no further use.
+			writer.Cancel(ctx)
+		}
+		writeError(w, r, err)
+	}
+
 	dgst, err := parseDigest(value)
 	if err != nil {
-		writer.Close()
-		writeError(w, r, err)
+		fail(err)
 		return
 	}
 	requestInfoFrom(r).digest = dgst.String()
 
 	if err := s.appendChunk(w, r, name, writer); err != nil {
-		writer.Close()
-		writeError(w, r, err)
+		fail(err)
 		return
 	}
-
 	if err := writer.Commit(ctx, dgst); err != nil {
-		if errors.Is(err, blobstore.ErrDigestMismatch) {
-			// The client must start over, so the session's bytes are of no further use.
-			writer.Cancel(ctx)
-		} else {
-			writer.Close()
-		}
-		writeError(w, r, uploadError(err))
+		fail(uploadError(err))
 		return
 	}
 

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -233,5 +235,23 @@ func TestUploadIdleClientReleasesSession(t *testing.T) {
 	}
 	if stored != "0-9" {
 		t.Errorf("Range after the stalled PATCH = %q, want 0-9", stored)
+	}
+}
+
+func TestUploadFailedMonolithicLeavesNoSession(t *testing.T) {
+	dir := t.TempDir()
+	reg := startRegistryIn(t, dir)
+
+	resp := reg.do(t, http.MethodPost, "/v2/app/blobs/uploads/?digest="+digest.FromString("other").String(), []byte("actual"))
+	expectErrorCode(t, resp, http.StatusBadRequest, "DIGEST_INVALID")
+	resp = reg.do(t, http.MethodPost, "/v2/app/blobs/uploads/?digest=sha256:short", []byte("actual"))
+	expectErrorCode(t, resp, http.StatusBadRequest, "DIGEST_INVALID")
+
+	entries, err := os.ReadDir(filepath.Join(dir, "uploads"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 0 {
+		t.Errorf("upload folder has %d sessions after failed monolithic uploads, want 0", len(entries))
 	}
 }
