@@ -31,6 +31,9 @@ type cachedSize struct {
 // digests. Absence is never cached, so a blob is visible as soon as it is committed. A cached
 // blob that the backend evicted meanwhile is still reported by Stat until ttl passes, but Open
 // returns ErrNotFound and drops the entry.
+//
+// NOTE: entries are keyed by digest alone. Behind a store that looks blobs up per repository
+// (upstream), a blob found in one repository reads as present in every repository for ttl.
 func WithExistenceCache(store Store, ttl time.Duration, maxEntries int) Store {
 	return &existenceCache{Store: store, ttl: ttl, maxEntries: maxEntries, now: time.Now, entries: map[digest.Digest]cachedSize{}}
 }
