@@ -25,6 +25,9 @@ type QueueOptions struct {
 	// further retry up to MaxBackoff (1m), with up to 20% random jitter added.
 	InitialBackoff time.Duration
 	MaxBackoff     time.Duration
+	// Retention is how long finished jobs stay listed; older ones are deleted at Start
+	// and every hour after. Zero keeps them forever.
+	Retention time.Duration
 
 	Logger  *slog.Logger
 	Metrics *Metrics
@@ -76,6 +79,8 @@ type Queue struct {
 	// so a push start costs no disk write that would delay the next acknowledgement.
 	// After a crash, such a job is still queued in the store.
 	running map[string]Job
+	// closed is closed when Close starts.
+	closed chan struct{}
 
 	// runCtx is the context of every push; Close cancels it only when in-flight pushes
 	// outlast the shutdown deadline.
@@ -97,6 +102,7 @@ func NewQueue(store Store, fetcher RequestFetcher, pusher Pusher, opts QueueOpti
 		timers:  map[string]*time.Timer{},
 		changed: make(chan struct{}),
 		running: map[string]Job{},
+		closed:  make(chan struct{}),
 	}
 	q.cond = sync.NewCond(&q.mu)
 	q.runCtx, q.cancelRun = context.WithCancel(context.Background())
@@ -120,7 +126,35 @@ func (q *Queue) Start() error {
 		q.workers.Add(1)
 		go q.work()
 	}
+	if q.opts.Retention > 0 {
+		q.workers.Add(1)
+		go q.prune()
+	}
 	return nil
+}
+
+// pruneInterval is how often finished jobs older than Retention are deleted.
+const pruneInterval = time.Hour
+
+// prune deletes expired finished jobs now and every pruneInterval until Close.
+func (q *Queue) prune() {
+	defer q.workers.Done()
+	ticker := time.NewTicker(pruneInterval)
+	defer ticker.Stop()
+	for {
+		deleted, err := q.store.DeleteFinishedBefore(time.Now().Add(-q.opts.Retention))
+		if err != nil {
+			q.log.Error("deleting old push jobs failed", "error", err)
+		} else if deleted > 0 {
+			q.log.Info("deleted old push jobs", "count", deleted, "retention", q.opts.Retention)
+		}
+
+		select {
+		case <-ticker.C:
+		case <-q.closed:
+			return
+		}
+	}
 }
 
 // Enqueue stores job as queued and hands it to a worker. When a job with the same ID
@@ -201,6 +235,9 @@ func (q *Queue) Jobs(invocationID string) ([]Job, error) {
 // queued jobs and jobs waiting for a retry, so the next Start resumes all of them.
 func (q *Queue) Close(ctx context.Context) error {
 	q.mu.Lock()
+	if !q.closing {
+		close(q.closed)
+	}
 	q.closing = true
 	for id, timer := range q.timers {
 		timer.Stop()

@@ -238,3 +238,47 @@ func TestBoltStoreSecondOpenFails(t *testing.T) {
 		t.Errorf("second OpenBoltStore on %s succeeded; expected the lock to reject it", dir)
 	}
 }
+
+func TestQueueDeletesExpiredJobs(t *testing.T) {
+	store, err := OpenBoltStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+
+	old := testJob("inv-old", "//:old", "bes")
+	old.State = StateSucceeded
+	old.FinishedAt = time.Now().Add(-48 * time.Hour)
+	recent := testJob("inv-recent", "//:recent", "bes")
+	recent.State = StateFailed
+	recent.FinishedAt = time.Now().Add(-time.Hour)
+	unfinished := testJob("inv-old", "//:unfinished", "bes")
+	unfinished.State = StateQueued
+	for _, job := range []Job{old, recent, unfinished} {
+		if err := store.Put(job); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	queue := NewQueue(store, nil, &recordingPusher{}, QueueOptions{
+		Workers:   1,
+		Retention: 24 * time.Hour,
+		Metrics:   NewMetrics(prometheus.NewRegistry()),
+	})
+	if err := queue.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := queue.Close(context.Background()); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+
+	if _, found, _ := store.Get(old.ID); found {
+		t.Errorf("job finished 48h ago is still stored with a retention of 24h")
+	}
+	if _, found, _ := store.Get(recent.ID); !found {
+		t.Errorf("job finished 1h ago was deleted with a retention of 24h")
+	}
+	if _, found, _ := store.Get(unfinished.ID); !found {
+		t.Errorf("unfinished job was deleted")
+	}
+}

@@ -27,6 +27,9 @@ type Store interface {
 	ListInvocation(invocationID string) ([]Job, error)
 	// ListUnfinished returns the jobs whose state is not final, for resuming.
 	ListUnfinished() ([]Job, error)
+	// DeleteFinishedBefore deletes final jobs that finished before cutoff and returns
+	// how many it deleted.
+	DeleteFinishedBefore(cutoff time.Time) (int, error)
 	Close() error
 }
 
@@ -168,6 +171,38 @@ func (s *BoltStore) ListUnfinished() ([]Job, error) {
 		return nil, fmt.Errorf("list unfinished jobs: %w", err)
 	}
 	return jobs, nil
+}
+
+func (s *BoltStore) DeleteFinishedBefore(cutoff time.Time) (int, error) {
+	deleted := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		jobs := tx.Bucket(jobsBucket)
+		var expired [][]byte
+		err := jobs.ForEach(func(key, value []byte) error {
+			var job Job
+			if err := json.Unmarshal(value, &job); err != nil {
+				return fmt.Errorf("job %q: %w", key, err)
+			}
+			if job.State.Final() && job.FinishedAt.Before(cutoff) {
+				expired = append(expired, bytes.Clone(key))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, key := range expired {
+			if err := jobs.Delete(key); err != nil {
+				return err
+			}
+		}
+		deleted = len(expired)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("delete jobs finished before %s: %w", cutoff.Format(time.RFC3339), err)
+	}
+	return deleted, nil
 }
 
 func (s *BoltStore) Close() error {

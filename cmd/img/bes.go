@@ -39,6 +39,7 @@ type besFlags struct {
 	dataDir          string
 	jobs             int
 	maxAttempts      int
+	retention        time.Duration
 	commitMode       string
 	pushKinds        []string
 	insecure         []string
@@ -84,6 +85,7 @@ fails the bazel command.`,
 	f.StringVar(&flags.dataDir, "data-dir", "", "folder of the push job database (default $XDG_DATA_HOME/img/bes or ~/.local/share/img/bes)")
 	f.IntVar(&flags.jobs, "jobs", 4, "number of images pushed at once")
 	f.IntVar(&flags.maxAttempts, "max-attempts", 5, "attempts of a push that fails with a transient error, with exponential backoff from 1s to 1m, before it is marked failed")
+	f.DurationVar(&flags.retention, "retention", 7*24*time.Hour, "how long finished pushes stay on the results pages and in --data-dir; 0 keeps them forever")
 	f.StringVar(&flags.commitMode, "commit-mode", string(bes.CommitBackground), "when a build's event upload ends: background (at once; pushes go on after the build) or per-stream (after the build's pushes, failing the build if one failed)")
 	f.StringArrayVar(&flags.pushKinds, "push-kind", []string{bes.DefaultPushKind}, "target kind of push rules, as Bazel reports it in TargetConfigured events (repeatable)")
 	f.StringArrayVar(&flags.insecure, "insecure-registry", nil, "registry host[:port] to reach over plain HTTP or unverified TLS (repeatable; loopback hosts always use plain HTTP)")
@@ -144,6 +146,7 @@ func runBES(ctx context.Context, flags *besFlags) error {
 	queue := bes.NewQueue(store, caches, newLazyPusher(caches, pushOptions), bes.QueueOptions{
 		Workers:     flags.jobs,
 		MaxAttempts: flags.maxAttempts,
+		Retention:   flags.retention,
 		Logger:      logger,
 		Metrics:     bes.NewMetrics(metrics),
 	})
