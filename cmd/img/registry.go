@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -436,6 +437,9 @@ func startBlobcache(ctx context.Context, flags *registryFlags, meta metadata.Sto
 		return nil, nil, fmt.Errorf("listen on --address %s --grpc-port %d: %w", flags.address, flags.grpcPort, err)
 	}
 
+	if !slices.Contains(flags.blobStores, "reapi") {
+		logger.Warn("--enable-blobcache without --blob-store reapi: Commit records blobs of the remote cache that the registry cannot serve, so manifests referencing them are rejected")
+	}
 	server := grpc.NewServer()
 	blobcachepb.RegisterBlobsServer(server, blobcache.NewServer(client, meta, logger))
 	logger.Info("blob-cache service started", "address", listener.Addr().String())
