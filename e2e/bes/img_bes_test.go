@@ -2,6 +2,7 @@ package bes
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -317,4 +318,38 @@ func TestImgBESPushesRulesImgTarget(t *testing.T) {
 	}
 	layer := layerDigest(t, registry.Crane(t, "manifest", ref))
 	registry.Crane(t, "blob", registry.Ref("e2e/rules-img", "@"+layer))
+}
+
+func TestImgBESReadsCacheWithCredentialHelper(t *testing.T) {
+	b := newBazel(t)
+	cache := testpeer.StartBazelRemote(t, testpeer.WithBazelRemoteHtpasswd("builder", "secret-for-test"))
+	registry := testpeer.StartRegistry(t)
+
+	// A Bazel credential helper that gives the cache's basic auth header for any URI.
+	token := base64.StdEncoding.EncodeToString([]byte("builder:secret-for-test"))
+	helper := filepath.Join(t.TempDir(), "credential-helper")
+	script := fmt.Sprintf("#!/bin/sh\ncat > /dev/null\nprintf '{\"headers\":{\"Authorization\":[\"Basic %s\"]}}'\n", token)
+	if err := os.WriteFile(helper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	server := startImgBES(t, t.TempDir(), "--commit-mode", "per-stream", "--credential-helper", helper)
+
+	resultsURL := server.httpURL + "/invocation/"
+	output, err := b.build(t,
+		"--bes_backend=grpc://"+server.grpcAddr,
+		"--bes_results_url="+resultsURL,
+		"--remote_cache="+cache.Endpoint(),
+		"--remote_header=Authorization=Basic "+token,
+		"--define=registry="+registry.Addr,
+		"//:app")
+	if err != nil {
+		t.Fatalf("bazel build failed: %v", err)
+	}
+	id := invocationID(t, output, resultsURL)
+
+	pushes := server.waitResults(t, id)
+	if pushes["//:app"].State != bes.StateSucceeded {
+		t.Fatalf("//:app is %s (error %q); expected succeeded with the helper's credentials", pushes["//:app"].State, pushes["//:app"].Error)
+	}
+	registry.Crane(t, "digest", registry.Ref("e2e/app", ":latest"))
 }
