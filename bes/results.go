@@ -33,6 +33,8 @@ type PushStatus struct {
 	Created    time.Time `json:"created"`
 	Started    time.Time `json:"started,omitzero"`
 	Finished   time.Time `json:"finished,omitzero"`
+	// NextAttempt is when a push that failed with a transient error runs again.
+	NextAttempt time.Time `json:"next_attempt,omitzero"`
 	// DurationSeconds is from the first attempt's start to the final state.
 	DurationSeconds float64 `json:"duration_seconds,omitempty"`
 }
@@ -68,17 +70,18 @@ func (s *Server) Results(invocationID string) (InvocationResults, error) {
 	}
 	for _, job := range jobs {
 		push := PushStatus{
-			Target:     job.Label,
-			Request:    job.RequestName,
-			Strategy:   job.Strategy,
-			References: job.References,
-			Digest:     job.Digest,
-			State:      job.State,
-			Error:      job.Error,
-			Attempts:   job.Attempts,
-			Created:    job.CreatedAt,
-			Started:    job.StartedAt,
-			Finished:   job.FinishedAt,
+			Target:      job.Label,
+			Request:     job.RequestName,
+			Strategy:    job.Strategy,
+			References:  job.References,
+			Digest:      job.Digest,
+			State:       job.State,
+			Error:       job.Error,
+			Attempts:    job.Attempts,
+			Created:     job.CreatedAt,
+			Started:     job.StartedAt,
+			Finished:    job.FinishedAt,
+			NextAttempt: job.NextAttempt,
 		}
 		if !job.StartedAt.IsZero() && !job.FinishedAt.IsZero() {
 			push.DurationSeconds = job.FinishedAt.Sub(job.StartedAt).Seconds()
@@ -149,9 +152,9 @@ code { font-size: 0.9em; }
 {{range .Pushes}}
 <tr>
 <td><code>{{.Target}}</code></td>
-<td class="{{.State}}">{{.State}}{{if eq .State "skipped"}} (strategy {{.Strategy}}){{end}}</td>
+<td class="{{.State}}">{{.State}}{{if eq .State "skipped"}} (strategy {{.Strategy}}){{end}}{{with .NextAttempt}}, retry at {{timestamp .}}{{end}}</td>
 <td>{{range .References}}<code>{{.}}</code><br>{{end}}</td>
-<td><code>{{.Digest}}</code></td>
+<td>{{with .Digest}}<code>{{.}}</code>{{end}}</td>
 <td>{{.Attempts}}</td>
 <td>{{timestamp .Started}}</td>
 <td>{{timestamp .Finished}}</td>
