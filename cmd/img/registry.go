@@ -271,7 +271,43 @@ func openBlobStores(ctx context.Context, flags *registryFlags, meta metadata.Sto
 		}
 		stores = append(stores, store)
 	}
+
+	purgeCtx, stopPurging := context.WithCancel(ctx)
+	closers = append(closers, stopPurging)
+	go purgeStaleUploads(purgeCtx, stores, flags.uploadMaxAge, logger)
+
 	return registryBlobStack(stores, meta, metrics, flags.existsCacheTTL), closeAll, nil
+}
+
+// stagedUploads is implemented by stores that keep upload sessions in local files.
+type stagedUploads interface {
+	Uploads() *filesystem.Uploads
+}
+
+// purgeStaleUploads removes abandoned upload sessions every hour until ctx ends; the stores
+// already purged once when they opened.
+func purgeStaleUploads(ctx context.Context, stores []blobstore.Store, maxAge time.Duration, logger *slog.Logger) {
+	ticker := time.NewTicker(time.Hour)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		for _, store := range stores {
+			staged, ok := store.(stagedUploads)
+			if !ok {
+				continue
+			}
+			removed, err := staged.Uploads().PurgeStale(maxAge)
+			if err != nil {
+				logger.Warn("purging stale upload sessions failed", "folder", staged.Uploads().Dir(), "error", err)
+			} else if removed > 0 {
+				logger.Info("removed stale upload sessions", "folder", staged.Uploads().Dir(), "count", removed)
+			}
+		}
+	}
 }
 
 func openBlobStore(ctx context.Context, name string, flags *registryFlags, meta metadata.Store, logger *slog.Logger) (blobstore.Store, func(), error) {
