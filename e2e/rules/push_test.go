@@ -30,6 +30,14 @@ func TestPushEager(t *testing.T) {
 		t.Errorf("pushed index lacks its platforms:\n%s", manifest)
 	}
 
+	t.Run("layers are local", func(t *testing.T) {
+		// The lazy and cas_registry tests expect layerFiles to find nothing; here it
+		// must find the eager launcher's copies.
+		if found := layerFiles(t, ws.info(t, "bazel-bin")); len(found) == 0 {
+			t.Error("found no layer file in the output tree after an eager push")
+		}
+	})
+
 	t.Run("request lists every blob", func(t *testing.T) {
 		req := readRequest(t, ws, "push.request.json")
 		blobs, err := req.Image.Blobs()

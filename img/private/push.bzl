@@ -4,9 +4,6 @@ load(":providers.bzl", "ImageInfo", "ImgSettingInfo")
 
 _STRATEGIES = ["eager", "lazy", "cas_registry", "bes"]
 
-def _runfile_pair(f):
-    return "%s=%s" % (f.path, f.short_path)
-
 def _shell_quote(s):
     return "'" + s.replace("'", "'\\''") + "'"
 
@@ -29,9 +26,14 @@ def _tags(ctx):
     tags.extend(ctx.attr.tag_list)
     return tags
 
-def _write_request(ctx, info, strategy):
-    request = ctx.actions.declare_file(ctx.label.name + ".request.json")
+def _local_path(ctx, f):
+    """Returns where the launcher's local copy of f lives, below NAME.local/."""
+    path = f.short_path
+    if path.startswith("../"):
+        path = "external/" + path[len("../"):]
+    return ctx.label.name + ".local/" + path
 
+def _write_request(ctx, info, strategy, request, copies):
     args = ctx.actions.args()
     args.add("request")
     args.add("--image", info.graph)
@@ -42,8 +44,11 @@ def _write_request(ctx, info, strategy):
     for target, key in ctx.attr.build_settings.items():
         args.add("--var", "%s=%s" % (key, target[ImgSettingInfo].value))
     args.add("--output", request)
-    args.add_all([request], map_each = _runfile_pair, format_each = "--runfile=%s")
-    args.add_all(info.blobs, map_each = _runfile_pair, format_each = "--runfile=%s")
+
+    # File paths in the request are relative to the request's local copy, so they
+    # resolve to the local copies of the blobs in the launcher's runfiles.
+    for original, copy in copies:
+        args.add("--runfile=%s=%s" % (original.path, copy.short_path))
 
     inputs = [info.graph]
     if _stamping(ctx):
@@ -59,7 +64,39 @@ def _write_request(ctx, info, strategy):
         mnemonic = "ImagePushRequest",
         progress_message = "Writing push request %s" % ctx.label,
     )
-    return request
+
+def _copy_locally(ctx, copies):
+    """Copies each original to its copy in an action that always runs locally.
+
+    Bazel 4.2 does not download the runfiles of `bazel run` targets under
+    --remote_download_minimal or --remote_download_toplevel, so a launcher whose
+    runfiles are remote-only outputs finds dangling symlinks. It does download the
+    inputs of an action that runs locally, and the outputs of such an action stay on
+    disk. Generated files are hard-linked where the file system allows it.
+    """
+    args = ctx.actions.args()
+    for original, copy in copies:
+        args.add(original.path)
+        args.add(copy.path)
+    ctx.actions.run_shell(
+        outputs = [copy for _, copy in copies],
+        inputs = [original for original, _ in copies],
+        command = """while [ $# -gt 0 ]; do
+  case "$1" in
+    bazel-out/*) ln -f "$1" "$2" 2>/dev/null || cp "$1" "$2" ;;
+    *) cp -L "$1" "$2" ;;
+  esac
+  shift 2
+done""",
+        arguments = [args],
+        execution_requirements = {
+            "no-cache": "1",
+            "no-remote": "1",
+            "no-sandbox": "1",
+        },
+        mnemonic = "ImagePushCopy",
+        progress_message = "Copying the local blobs of %s" % ctx.label,
+    )
 
 def _launcher_env(ctx):
     """Returns shell lines that default IMG_* variables to the settings' values."""
@@ -92,7 +129,19 @@ exec {img} push --request {request} "$@"
 def _image_push_impl(ctx):
     info = ctx.attr.image[ImageInfo]
     strategy = _strategy(ctx)
-    request = _write_request(ctx, info, strategy)
+
+    # An eager push reads every blob from local files. The other strategies read
+    # layers from the remote cache, so only metadata blobs are copied for the launcher,
+    # and `bazel run` with --remote_download_minimal downloads no layer.
+    blobs = info.blobs if strategy == "eager" else info.metadata_blobs
+    request = ctx.actions.declare_file(ctx.label.name + ".request.json")
+    copies = [
+        (f, ctx.actions.declare_file(_local_path(ctx, f)))
+        for f in [request] + blobs.to_list()
+    ]
+    _write_request(ctx, info, strategy, request, copies)
+    _copy_locally(ctx, copies)
+    local_request = copies[0][1]
 
     launcher = ctx.actions.declare_file(ctx.label.name)
     ctx.actions.write(
@@ -102,18 +151,13 @@ def _image_push_impl(ctx):
             workspace = ctx.workspace_name,
             env = _launcher_env(ctx),
             img = _shell_quote(ctx.executable._img_run.short_path),
-            request = _shell_quote(request.short_path),
+            request = _shell_quote(local_request.short_path),
         ),
         is_executable = True,
     )
 
-    # An eager push reads every blob from local files; the other strategies read
-    # layers from the remote cache, so only metadata blobs join the runfiles and
-    # `bazel run` with --remote_download_minimal downloads no layer.
-    blobs = info.blobs if strategy == "eager" else info.metadata_blobs
-    runfiles = ctx.runfiles(files = [request], transitive_files = blobs)
+    runfiles = ctx.runfiles(files = [copy for _, copy in copies])
     runfiles = runfiles.merge(ctx.attr._img_run[DefaultInfo].default_runfiles)
-
     return [
         DefaultInfo(
             executable = launcher,

@@ -37,7 +37,9 @@ def _img_tool_repository_impl(rctx):
 
     source = rctx.path(Label("//:go.mod")).dirname
     result = rctx.execute(
-        [go, "build", "-trimpath", "-o", str(rctx.path("img_bin")), "./cmd/img"],
+        # -trimpath and -buildvcs=false make the binary depend only on the source and
+        # the Go version, so every action that runs it keeps its remote-cache key.
+        [go, "build", "-trimpath", "-buildvcs=false", "-o", str(rctx.path("img_bin")), "./cmd/img"],
         working_directory = str(source),
         environment = {
             "CGO_ENABLED": "0",
@@ -63,5 +65,4 @@ changes; run `bazel sync --only=NAME` after updating rules_img's source in place
         "timeout": attr.int(default = 900, doc = "Seconds that `go build` may take."),
     },
     environ = ["IMG_TOOL_BINARY", "PATH", "GOPROXY", "GOMODCACHE", "GOCACHE", "GOPATH", "HOME"],
-    local = True,
 )
