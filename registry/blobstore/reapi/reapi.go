@@ -161,13 +161,8 @@ func (w *writer) Commit(ctx context.Context, expected digest.Digest) error {
 		}
 	}
 
-	file, err := w.OpenReader()
-	if err != nil {
-		return err
-	}
-	defer file.Close()
 	d := reapi.Digest{Hash: stored.Encoded(), Size: w.Size()}
-	if err := w.store.cas.Write(ctx, d, file); err != nil {
+	if err := w.store.writeMissing(ctx, d, w.Upload); err != nil {
 		return fmt.Errorf("write blob %s to the remote cache: %w", expected, err)
 	}
 
@@ -180,6 +175,25 @@ func (w *writer) Commit(ctx context.Context, expected digest.Digest) error {
 		return fmt.Errorf("blob %s is in the remote cache but its size was not recorded: %w", expected, err)
 	}
 	return w.Discard()
+}
+
+// writeMissing writes the staged bytes unless the cache already holds them, which is common:
+// a lazy push streams blobs out of this very cache into the registry.
+func (s *Store) writeMissing(ctx context.Context, d reapi.Digest, upload *filesystem.Upload) error {
+	missing, err := s.cas.FindMissing(ctx, []reapi.Digest{d})
+	if err != nil {
+		return err
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+
+	file, err := upload.OpenReader()
+	if err != nil {
+		return err
+	}
+	defer file.Close()
+	return s.cas.Write(ctx, d, file)
 }
 
 func (w *writer) Cancel(ctx context.Context) error {

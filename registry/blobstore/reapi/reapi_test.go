@@ -169,3 +169,51 @@ func TestStoreCommitMismatchWritesNothing(t *testing.T) {
 	}
 	w.Cancel(ctx)
 }
+
+// countingCAS counts the writes that reach the cache.
+type countingCAS struct {
+	reapistore.CAS
+	writes int
+}
+
+func (c *countingCAS) Write(ctx context.Context, d reapi.Digest, r io.Reader) error {
+	c.writes++
+	return c.CAS.Write(ctx, d, r)
+}
+
+func TestStoreSkipsWriteOfCachedBlob(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts bazel-remote")
+	}
+	ctx := context.Background()
+	cache := testpeer.StartBazelRemote(t)
+	client, err := reapi.Dial(ctx, cache.Endpoint(), reapi.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	index, err := metadata.OpenBolt(filepath.Join(t.TempDir(), "metadata.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer index.Close()
+	cas := &countingCAS{CAS: client}
+	store, err := reapistore.New(cas, index, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := bytes.Repeat([]byte("built by bazel "), 100_000)
+	if err := client.Write(ctx, reapi.DigestOf(content), bytes.NewReader(content)); err != nil {
+		t.Fatal(err)
+	}
+
+	f := &fixture{cache: cache, index: index, store: store}
+	f.put(t, content, digest.FromBytes(content))
+
+	if cas.writes != 0 {
+		t.Errorf("store wrote %d times to the cache, want 0 for a blob it already holds", cas.writes)
+	}
+	if got := f.read(t, digest.FromBytes(content), 0); !bytes.Equal(got, content) {
+		t.Error("blob read back differs")
+	}
+}
