@@ -63,7 +63,7 @@ func BenchmarkReplayStream(b *testing.B) {
 }
 
 func benchmarkReplay(b *testing.B, events []*buildpb.OrderedBuildEvent, streams int) {
-	ts := startTestServer(b, testServerConfig{pusher: &recordingPusher{}, fetcher: lazyRequestFetcher{}, quiet: true})
+	ts := startTestServer(b, testServerConfig{pusher: &recordingPusher{}, fetcher: lazyRequestFetcher{}, quiet: true, eventState: true})
 
 	var mu sync.Mutex
 	var latencies []time.Duration

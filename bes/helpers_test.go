@@ -62,6 +62,7 @@ func (p *recordingPusher) labels() []string {
 
 // testServer is a Server on a real 127.0.0.1 gRPC listener, with its queue and store.
 type testServer struct {
+	events   *BoltEventState
 	server   *Server
 	queue    *Queue
 	store    *BoltStore
@@ -77,6 +78,8 @@ type testServerConfig struct {
 	dataDir    string
 	// quiet drops the server's logs, for benchmarks.
 	quiet bool
+	// eventState keeps the event state in events.db in dataDir.
+	eventState bool
 }
 
 func startTestServer(t testing.TB, config testServerConfig) *testServer {
@@ -107,7 +110,16 @@ func startTestServer(t testing.TB, config testServerConfig) *testServer {
 	if err := queue.Start(); err != nil {
 		t.Fatal(err)
 	}
-	server := NewServer(queue, ServerOptions{CommitMode: config.commitMode, ResultsURL: "http://results/invocation/"})
+	var events *BoltEventState
+	serverOptions := ServerOptions{CommitMode: config.commitMode, ResultsURL: "http://results/invocation/"}
+	if config.eventState {
+		events, err = OpenBoltEventState(config.dataDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		serverOptions.EventState = events
+	}
+	server := NewServer(queue, serverOptions)
 
 	listener, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -122,7 +134,7 @@ func startTestServer(t testing.TB, config testServerConfig) *testServer {
 		t.Fatal(err)
 	}
 
-	ts := &testServer{server: server, queue: queue, store: store, client: buildpb.NewPublishBuildEventClient(conn), registry: registry, dataDir: config.dataDir}
+	ts := &testServer{events: events, server: server, queue: queue, store: store, client: buildpb.NewPublishBuildEventClient(conn), registry: registry, dataDir: config.dataDir}
 	t.Cleanup(func() {
 		conn.Close()
 		grpcServer.Stop()
@@ -141,6 +153,9 @@ func (ts *testServer) stop(t testing.TB) {
 	ts.queue.Close(ctx)
 	if err := ts.store.Close(); err != nil {
 		t.Error(err)
+	}
+	if ts.events != nil {
+		ts.events.Close()
 	}
 }
 

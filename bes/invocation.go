@@ -13,9 +13,9 @@ import (
 // refers to it later, and a retried stream resends only the events not yet
 // acknowledged, so this state outlives a single stream RPC.
 //
-// NOTE: the state lives in memory. If the server restarts in the middle of a build,
-// the retried stream refers to file sets that the new process never saw. The server
-// then records the push as failed, with an error that names the missing file sets.
+// The state lives in memory and, when the server has an EventState, also on disk, so
+// that a server restarted in the middle of a build can still resolve the file sets
+// and target kinds that the previous process acknowledged.
 type invocation struct {
 	id string
 
@@ -27,7 +27,8 @@ type invocation struct {
 	// event at or below it is a replay.
 	lastSequence map[int32]int64
 	kinds        map[string]string
-	namedSets    map[string]namedSet
+	// namedSets holds only the sets that newNamedSet keeps something of.
+	namedSets map[string]NamedSetRecord
 
 	started      time.Time
 	lastEvent    time.Time
@@ -43,44 +44,32 @@ func newInvocation(id string) *invocation {
 		id:           id,
 		lastSequence: map[int32]int64{},
 		kinds:        map[string]string{},
-		namedSets:    map[string]namedSet{},
+		namedSets:    map[string]NamedSetRecord{},
 		lastEvent:    time.Now(),
 	}
 }
 
-// pushFile is one file of a push target's push request output group.
-type pushFile struct {
-	name     string
-	uri      string
-	contents []byte
-}
-
-// namedSet is the part of a NamedSetOfFiles event that can lead to a push request: its
-// JSON files and its nested sets. Other files, such as layers and binaries, are dropped
-// when the event arrives, because a large build reports millions of them.
-type namedSet struct {
-	files  []pushFile
-	nested []string
-}
-
-func newNamedSet(event *bep.NamedSetOfFiles) namedSet {
-	var set namedSet
+// newNamedSet keeps the part of a NamedSetOfFiles event that can lead to a push
+// request: its JSON files and its nested sets. Other files, such as layers and
+// binaries, are dropped when the event arrives, because a large build reports millions.
+func newNamedSet(event *bep.NamedSetOfFiles) NamedSetRecord {
+	var set NamedSetRecord
 	for _, file := range event.GetFiles() {
 		if !strings.HasSuffix(file.GetName(), ".json") {
 			continue
 		}
-		set.files = append(set.files, pushFile{name: fileKey(file), uri: file.GetUri(), contents: file.GetContents()})
+		set.Files = append(set.Files, FileRecord{Name: fileKey(file), URI: file.GetUri(), Contents: file.GetContents()})
 	}
 	for _, nested := range event.GetFileSets() {
-		set.nested = append(set.nested, nested.GetId())
+		set.Nested = append(set.Nested, nested.GetId())
 	}
 	return set
 }
 
 // resolveFiles returns the files of the named sets ids and all sets nested in them,
-// each file once, and the ids of sets that were never received.
-func (inv *invocation) resolveFiles(ids []*bep.BuildEventId_NamedSetOfFilesId) ([]pushFile, []string) {
-	var files []pushFile
+// each file once, and the ids of sets that were never received or kept nothing.
+func (inv *invocation) resolveFiles(ids []*bep.BuildEventId_NamedSetOfFilesId) ([]FileRecord, []string) {
+	var files []FileRecord
 	var missing []string
 	seenSets := map[string]bool{}
 	seenFiles := map[string]bool{}
@@ -104,15 +93,15 @@ func (inv *invocation) resolveFiles(ids []*bep.BuildEventId_NamedSetOfFilesId) (
 			continue
 		}
 
-		for _, file := range set.files {
-			if seenFiles[file.name] {
+		for _, file := range set.Files {
+			if seenFiles[file.Name] {
 				continue
 			}
-			seenFiles[file.name] = true
+			seenFiles[file.Name] = true
 			files = append(files, file)
 		}
-		for i := len(set.nested) - 1; i >= 0; i-- {
-			stack = append(stack, set.nested[i])
+		for i := len(set.Nested) - 1; i >= 0; i-- {
+			stack = append(stack, set.Nested[i])
 		}
 	}
 	return files, missing

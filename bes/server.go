@@ -75,6 +75,9 @@ type ServerOptions struct {
 	// IdleInvocationTTL is how long the event state of an invocation whose stream did
 	// not finish is kept after its last event (1h).
 	IdleInvocationTTL time.Duration
+	// EventState, when set, keeps the event state of open invocations on disk, so that a
+	// restarted server resolves push targets announced before the restart.
+	EventState EventState
 
 	Logger  *slog.Logger
 	Metrics *Metrics
@@ -111,12 +114,30 @@ func NewServer(queue *Queue, opts ServerOptions) *Server {
 	if opts.Metrics == nil {
 		opts.Metrics = queue.metrics
 	}
-	return &Server{
+	s := &Server{
 		queue:       queue,
 		opts:        opts,
 		log:         opts.Logger,
 		metrics:     opts.Metrics,
 		invocations: map[string]*invocation{},
+	}
+	s.deleteIdleEventState()
+	return s
+}
+
+// deleteIdleEventState deletes the stored event state of invocations that have been
+// idle longer than IdleInvocationTTL, such as builds that were killed.
+func (s *Server) deleteIdleEventState() {
+	if s.opts.EventState == nil {
+		return
+	}
+	deleted, err := s.opts.EventState.DeleteIdleBefore(time.Now().Add(-s.opts.IdleInvocationTTL))
+	if err != nil {
+		s.log.Warn("deleting idle event state failed", "error", err)
+		return
+	}
+	if deleted > 0 {
+		s.log.Info("deleted the event state of idle invocations", "count", deleted)
 	}
 }
 
@@ -255,18 +276,55 @@ func (s *Server) invocation(id string) *invocation {
 		if idle > s.opts.IdleInvocationTTL {
 			s.log.Info("dropping event state of an idle invocation", "invocation_id", otherID, "idle", idle)
 			delete(s.invocations, otherID)
+			if s.opts.EventState != nil {
+				if err := s.opts.EventState.DeleteInvocation(otherID); err != nil {
+					s.log.Warn("deleting the event state of an idle invocation failed", "invocation_id", otherID, "error", err)
+				}
+			}
 		}
 	}
 
 	inv := newInvocation(id)
+	s.loadEventState(inv)
 	s.invocations[id] = inv
 	return inv
+}
+
+// loadEventState fills inv from the event state that an earlier process stored.
+func (s *Server) loadEventState(inv *invocation) {
+	if s.opts.EventState == nil {
+		return
+	}
+	state, err := s.opts.EventState.LoadInvocation(inv.id)
+	if err != nil {
+		s.log.Error("loading stored event state failed; pushes announced before a restart may fail", "invocation_id", inv.id, "error", err)
+		return
+	}
+	if len(state.NamedSets) == 0 && len(state.PushTargets) == 0 {
+		return
+	}
+
+	for setID, set := range state.NamedSets {
+		inv.namedSets[setID] = set
+	}
+	for label, kind := range state.PushTargets {
+		inv.kinds[label] = kind
+	}
+	s.log.Info("resumed event state of an invocation from before a restart", "invocation_id", inv.id,
+		"file_sets", len(state.NamedSets), "push_targets", len(state.PushTargets))
 }
 
 func (s *Server) forget(id string) {
 	s.mu.Lock()
 	delete(s.invocations, id)
 	s.mu.Unlock()
+
+	if s.opts.EventState == nil {
+		return
+	}
+	if err := s.opts.EventState.DeleteInvocation(id); err != nil {
+		s.log.Warn("deleting the event state of a finished invocation failed", "invocation_id", id, "error", err)
+	}
 }
 
 // InvocationInfo is the invocation's details read from its build events, for the
@@ -354,11 +412,11 @@ func (s *Server) handleBazelEvent(inv *invocation, streamID *buildpb.StreamId, e
 
 	case *bep.BuildEvent_Configured:
 		s.metrics.events.WithLabelValues("target_configured").Inc()
-		inv.kinds[id.GetTargetConfigured().GetLabel()] = payload.Configured.GetTargetKind()
+		s.targetConfigured(inv, id.GetTargetConfigured().GetLabel(), payload.Configured.GetTargetKind())
 
 	case *bep.BuildEvent_NamedSetOfFiles:
 		s.metrics.events.WithLabelValues("named_set_of_files").Inc()
-		inv.namedSets[id.GetNamedSet().GetId()] = newNamedSet(payload.NamedSetOfFiles)
+		s.namedSet(inv, id.GetNamedSet().GetId(), payload.NamedSetOfFiles)
 
 	case *bep.BuildEvent_Completed:
 		s.metrics.events.WithLabelValues("target_completed").Inc()
@@ -374,6 +432,36 @@ func (s *Server) handleBazelEvent(inv *invocation, streamID *buildpb.StreamId, e
 		s.metrics.events.WithLabelValues("other").Inc()
 	}
 	return nil
+}
+
+// namedSet keeps the relevant part of a file set in memory and in the event state. A
+// failed write to the event state is logged, not returned, because it only matters if
+// the server restarts during this build.
+func (s *Server) namedSet(inv *invocation, setID string, event *bep.NamedSetOfFiles) {
+	set := newNamedSet(event)
+	if len(set.Files) == 0 && len(set.Nested) == 0 {
+		return
+	}
+	inv.namedSets[setID] = set
+
+	if s.opts.EventState == nil {
+		return
+	}
+	if err := s.opts.EventState.PutNamedSet(inv.id, setID, set); err != nil {
+		s.log.Warn("storing a file set failed; a restart during this build may lose its pushes", "invocation_id", inv.id, "error", err)
+	}
+}
+
+// targetConfigured records the kind of a target, and stores push targets in the event
+// state.
+func (s *Server) targetConfigured(inv *invocation, label, kind string) {
+	inv.kinds[label] = kind
+	if s.opts.EventState == nil || !slices.Contains(s.opts.PushKinds, kind) {
+		return
+	}
+	if err := s.opts.EventState.PutPushTarget(inv.id, label, kind); err != nil {
+		s.log.Warn("storing a push target failed; a restart during this build may lose its push", "invocation_id", inv.id, "target", label, "error", err)
+	}
 }
 
 // targetCompleted creates the push jobs of a completed push target. A target is a push
@@ -417,8 +505,8 @@ func (s *Server) targetCompleted(inv *invocation, streamID *buildpb.StreamId, id
 	files, missing := inv.resolveFiles(sets)
 	if !fromPushGroup {
 		names := pushRequestNames(targetName(label))
-		files = slices.DeleteFunc(files, func(file pushFile) bool {
-			return !slices.Contains(names, path.Base(file.name))
+		files = slices.DeleteFunc(files, func(file FileRecord) bool {
+			return !slices.Contains(names, path.Base(file.Name))
 		})
 	}
 
@@ -430,27 +518,32 @@ func (s *Server) targetCompleted(inv *invocation, streamID *buildpb.StreamId, id
 	}
 	configuration := id.GetConfiguration().GetId()
 
-	if len(missing) > 0 || len(files) == 0 {
+	if len(files) > 0 && len(missing) > 0 {
+		// A set may have been dropped because it held no JSON file, so a push request
+		// found elsewhere is enough.
+		s.log.Debug("push target refers to file sets with no JSON files", "invocation_id", inv.id, "target", label, "sets", missing)
+	}
+	if len(files) == 0 {
 		job := base
 		job.ID = jobID(inv.id, label, configuration, "")
 		job.State = StateFailed
 		switch {
-		case len(missing) > 0:
-			job.Error = fmt.Sprintf("push request file of %s unknown: the build event stream referred to file sets %v that this server never received (did it restart during the build?); run the build again", label, missing)
-		case fromPushGroup:
-			job.Error = fmt.Sprintf("output group %s of %s has no files; the push rule must put its push request file there", PushRequestOutputGroup, label)
-		default:
+		case !fromPushGroup:
 			job.Error = fmt.Sprintf("no push request file (%s) among the outputs of %s that Bazel reported; build with --output_groups=+%s", strings.Join(pushRequestNames(targetName(label)), " or "), label, PushRequestOutputGroup)
+		case len(missing) > 0:
+			job.Error = fmt.Sprintf("push request file of %s unknown: output group %s refers to file sets %v, which this server never received or which held no JSON file; run the build again", label, PushRequestOutputGroup, missing)
+		default:
+			job.Error = fmt.Sprintf("output group %s of %s has no files; the push rule must put its push request file there", PushRequestOutputGroup, label)
 		}
 		return s.recordFailure(job)
 	}
 
 	for _, file := range files {
 		job := base
-		job.ID = jobID(inv.id, label, configuration, file.name)
-		job.RequestName = file.name
-		job.RequestURI = file.uri
-		job.RequestContents = file.contents
+		job.ID = jobID(inv.id, label, configuration, file.Name)
+		job.RequestName = file.Name
+		job.RequestURI = file.URI
+		job.RequestContents = file.Contents
 		if _, err := s.queue.Enqueue(job); err != nil {
 			s.log.Error("storing push job failed; not acknowledging the event so Bazel resends it", "invocation_id", inv.id, "target", label, "error", err)
 			return status.Errorf(codes.Unavailable, "img bes: storing the push job of %s failed: %v", label, err)

@@ -537,3 +537,71 @@ func TestPushRequestFoundInDefaultOutputGroup(t *testing.T) {
 		t.Errorf("error %q does not say how to report the push request output group", jobs["//:empty"].Error)
 	}
 }
+
+func TestRestartMidBuildResolvesEarlierEvents(t *testing.T) {
+	dataDir := t.TempDir()
+	first := startTestServer(t, testServerConfig{pusher: &recordingPusher{}, dataDir: dataDir, eventState: true})
+
+	// The first process acknowledges the events that announce the push target and its
+	// file set, then stops before the target completes.
+	stream := newEventStream("inv-restart").started(t).
+		configured(t, "//:push", DefaultPushKind).
+		namedSet(t, "top", nil, "leaf").
+		namedSet(t, "leaf", []*bep.File{inlineFile("push.request.json", pushRequestJSON("bes", "push"))})
+	acknowledged := len(stream.events)
+	if _, err := first.send(t, stream.events); err != nil {
+		t.Fatal(err)
+	}
+	first.stop(t)
+
+	pusher := &recordingPusher{}
+	second := startTestServer(t, testServerConfig{pusher: pusher, dataDir: dataDir, eventState: true})
+	stream.completed(t, "//:push", true, map[string][]string{"default": {"top"}}).finish()
+	if _, err := second.send(t, stream.events[acknowledged:]); err != nil {
+		t.Fatal(err)
+	}
+
+	jobs := second.waitDone(t, "inv-restart")
+	if len(jobs) != 1 || jobs[0].State != StateSucceeded {
+		t.Fatalf("jobs after the restart are %+v; expected //:push succeeded", jobs)
+	}
+	if got := pusher.labels(); !slices.Equal(got, []string{"//:push"}) {
+		t.Errorf("pushed %v after the restart; expected //:push", got)
+	}
+
+	state, err := second.events.LoadInvocation("inv-restart")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(state.NamedSets) != 0 || len(state.PushTargets) != 0 {
+		t.Errorf("event state of the finished invocation is still stored: %+v", state)
+	}
+}
+
+func TestRestartWithoutEventStateRecordsFailure(t *testing.T) {
+	dataDir := t.TempDir()
+	first := startTestServer(t, testServerConfig{pusher: &recordingPusher{}, dataDir: dataDir})
+
+	stream := newEventStream("inv-lost").
+		configured(t, "//:push", DefaultPushKind).
+		namedSet(t, "s", []*bep.File{inlineFile("push.request.json", pushRequestJSON("bes", "push"))})
+	acknowledged := len(stream.events)
+	if _, err := first.send(t, stream.events); err != nil {
+		t.Fatal(err)
+	}
+	first.stop(t)
+
+	second := startTestServer(t, testServerConfig{pusher: &recordingPusher{}, dataDir: dataDir})
+	stream.completed(t, "//:push", true, map[string][]string{PushRequestOutputGroup: {"s"}}).finish()
+	if _, err := second.send(t, stream.events[acknowledged:]); err != nil {
+		t.Fatal(err)
+	}
+
+	jobs := second.waitDone(t, "inv-lost")
+	if len(jobs) != 1 || jobs[0].State != StateFailed {
+		t.Fatalf("jobs are %+v; expected one failed job that says the file set is unknown", jobs)
+	}
+	if !strings.Contains(jobs[0].Error, "[s]") {
+		t.Errorf("error %q does not name the unknown file set", jobs[0].Error)
+	}
+}

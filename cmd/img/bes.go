@@ -140,6 +140,11 @@ func runBES(ctx context.Context, flags *besFlags) error {
 		return err
 	}
 	defer store.Close()
+	events, err := bes.OpenBoltEventState(flags.dataDir)
+	if err != nil {
+		return err
+	}
+	defer events.Close()
 
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -167,6 +172,7 @@ func runBES(ctx context.Context, flags *besFlags) error {
 		PushKinds:  flags.pushKinds,
 		CommitMode: mode,
 		ResultsURL: resultsURL,
+		EventState: events,
 		Logger:     logger,
 	})
 	if err := queue.Start(); err != nil {
