@@ -29,6 +29,9 @@ import (
 	"github.com/rulesimg/img/registry/blobstore"
 )
 
+// maxTransports bounds the cached per-repository transports, each holding a pull token.
+const maxTransports = 10_000
+
 // HeaderSource supplies request headers for a URI; credhelper.Helper implements it.
 type HeaderSource interface {
 	Get(ctx context.Context, uri string) (http.Header, error)
@@ -149,18 +152,29 @@ func (s *Store) transportFor(ctx context.Context, repository string) (http.Round
 	}
 
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if rt, ok := s.transports[repository]; ok {
+	rt, ok := s.transports[repository]
+	s.mu.Unlock()
+	if ok {
 		return rt, nil
 	}
+
+	// The handshake runs without the lock, so a slow upstream delays only the requests of
+	// this repository. Two requests may both shake hands, and the later transport wins.
 	authenticator, err := s.keychain.Resolve(s.registry)
 	if err != nil {
 		return nil, fmt.Errorf("read credentials for upstream registry %s from the docker config: %w", s.base.Host, err)
 	}
 	scope := "repository:" + repository + ":pull"
-	rt, err := transport.NewWithContext(ctx, s.registry, authenticator, s.rawBase, []string{scope})
+	rt, err = transport.NewWithContext(ctx, s.registry, authenticator, s.rawBase, []string{scope})
 	if err != nil {
 		return nil, s.authError(repository, err)
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.transports) >= maxTransports {
+		// Dropping them all is crude but bounded, and costs one handshake per repository.
+		clear(s.transports)
 	}
 	s.transports[repository] = rt
 	return rt, nil
@@ -283,6 +297,8 @@ func (s *Store) Open(ctx context.Context, dgst digest.Digest, offset int64) (io.
 	switch {
 	case resp.StatusCode == http.StatusPartialContent && offset > 0:
 		return resp.Body, nil
+	case resp.StatusCode == http.StatusOK && offset == 0:
+		return newVerifier(resp.Body, resp.ContentLength, dgst, s.base.Host), nil
 	case resp.StatusCode == http.StatusOK:
 		// The upstream ignored the range, so skip to offset here.
 		if _, err := io.CopyN(io.Discard, resp.Body, offset); err != nil {
@@ -349,4 +365,42 @@ func (s *Store) Resume(ctx context.Context, id string) (blobstore.Writer, error)
 // Delete reports ErrReadOnly: the store never deletes from the upstream.
 func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
 	return fmt.Errorf("upstream registry %s: %w", s.base.Host, blobstore.ErrReadOnly)
+}
+
+// verifier hashes a whole blob as it is read and returns an error with its last bytes when
+// they do not match the digest. It checks once Content-Length bytes have arrived, because the
+// registry stops reading there and never sees io.EOF. The client's own digest check rejects the
+// bytes too, but the registry's log then names the upstream that sent them.
+type verifier struct {
+	io.ReadCloser
+	digester  digest.Digester
+	expected  digest.Digest
+	remaining int64 // bytes until Content-Length, or -1 when the upstream sent none
+	checked   bool
+	host      string
+}
+
+func newVerifier(body io.ReadCloser, contentLength int64, expected digest.Digest, host string) *verifier {
+	return &verifier{
+		ReadCloser: body,
+		digester:   expected.Algorithm().Digester(),
+		expected:   expected,
+		remaining:  contentLength,
+		host:       host,
+	}
+}
+
+func (v *verifier) Read(p []byte) (int, error) {
+	n, err := v.ReadCloser.Read(p)
+	v.digester.Hash().Write(p[:n])
+	if v.remaining >= 0 {
+		v.remaining -= int64(n)
+	}
+	if !v.checked && (v.remaining == 0 || (v.remaining < 0 && err == io.EOF)) {
+		v.checked = true
+		if actual := v.digester.Digest(); actual != v.expected {
+			return n, fmt.Errorf("upstream registry %s sent bytes with digest %s for blob %s", v.host, actual, v.expected)
+		}
+	}
+	return n, err
 }

@@ -414,3 +414,32 @@ func TestNewChecksURL(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreOpenReportsCorruptBlob corrupts a layer in the upstream's storage (same length,
+// other bytes) and checks that reading it whole ends in an error naming the digest.
+func TestStoreOpenReportsCorruptBlob(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a distribution registry")
+	}
+	useDockerConfig(t, t.TempDir())
+	reg := testpeer.StartRegistry(t)
+	layout := pushImage(t, reg, "app")
+	layer := layout.Layers[0]
+	hex := layer.Digest.Encoded()
+	stored := filepath.Join(reg.Dir, "docker", "registry", "v2", "blobs", "sha256", hex[:2], hex, "data")
+	if err := os.WriteFile(stored, make([]byte, layer.Size), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	store := newTestStore(t, Options{URL: reg.URL})
+
+	reader, err := store.Open(blobstore.WithRepository(context.Background(), "app"), layer.Digest, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	// Read exactly the blob's size, as the registry's handler does, without waiting for EOF.
+	_, err = io.Copy(io.Discard, io.LimitReader(reader, layer.Size))
+	if err == nil || !strings.Contains(err.Error(), layer.Digest.String()) {
+		t.Errorf("reading a corrupted blob = %v, want an error naming %s", err, layer.Digest)
+	}
+}
