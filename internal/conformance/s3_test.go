@@ -275,3 +275,63 @@ func TestS3RedirectServesBlob(t *testing.T) {
 		t.Errorf("range GET with --s3-redirect = %s with %d bytes, want 206 with bytes 100-199 streamed", resp.Status, len(ranged))
 	}
 }
+
+// TestS3ChunkedUploadSurvivesRestart sends the first chunk of an upload, kills img registry,
+// starts it again on the same --data-dir, sends the rest and commits: the staged session must
+// carry over, and the object in the bucket must hash to the blob's digest.
+func TestS3ChunkedUploadSurvivesRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts minio and img registry")
+	}
+	minio := startMinio(t)
+	client := minio.client(t)
+	bucket := createBucket(t, client, "restart")
+	registry := startImgRegistry(t, t.TempDir(), s3Args(minio.endpoint, bucket)...)
+	content := randomBytes(t, 11<<20)
+	dgst := digest.FromBytes(content)
+	split := 6 << 20
+
+	resp, err := http.Post(registry.url()+"/v2/restart/app/blobs/uploads/", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	location := resp.Header.Get("Location")
+	patch := func(chunk []byte, first int) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPatch, absolute(registry.url(), location), bytes.NewReader(chunk))
+		req.Header.Set("Content-Type", "application/octet-stream")
+		req.Header.Set("Content-Range", fmt.Sprintf("%d-%d", first, first+len(chunk)-1))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("PATCH bytes %d-%d: %s", first, first+len(chunk)-1, resp.Status)
+		}
+		location = resp.Header.Get("Location")
+	}
+	patch(content[:split], 0)
+
+	registry.kill()
+	registry.start()
+
+	patch(content[split:], split)
+	separator := "?"
+	if strings.Contains(location, "?") {
+		separator = "&"
+	}
+	req, _ := http.NewRequest(http.MethodPut, absolute(registry.url(), location)+separator+"digest="+dgst.String(), nil)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("commit after restart: %s", resp.Status)
+	}
+	if stored := objectDigest(t, client, bucket, "sha256/"+dgst.Encoded()); stored != dgst {
+		t.Errorf("object holds bytes with digest %s, want %s", stored, dgst)
+	}
+}

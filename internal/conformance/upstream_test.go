@@ -178,3 +178,32 @@ func TestPullThroughPassesRedirectOn(t *testing.T) {
 		t.Errorf("storage server received %d requests with an Authorization header, want 0", storageWithAuth.Load())
 	}
 }
+
+// TestPullThroughCredentialHelper gives img registry the upstream's credentials only through a
+// Bazel credential helper named by $IMG_CREDENTIAL_HELPER, with an empty docker config.
+func TestPullThroughCredentialHelper(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a distribution registry and img registry")
+	}
+	upstream := testpeer.StartRegistry(t, testpeer.WithHtpasswd("puller", "pull-secret"))
+	layout := testpeer.WriteLayout(t, filepath.Join(t.TempDir(), "layout"), testpeer.LayoutSpec{Layers: []int64{4096}, Gzip: true})
+	upstream.Crane(t, "push", layout.Dir, upstream.Ref("private/app", ":v1"))
+
+	helper := filepath.Join(t.TempDir(), "credential-helper")
+	auth := base64.StdEncoding.EncodeToString([]byte("puller:pull-secret"))
+	script := "#!/bin/sh\ncat > /dev/null\necho '{\"headers\":{\"Authorization\":[\"Basic " + auth + "\"]}}'\n"
+	if err := os.WriteFile(helper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", t.TempDir())
+	t.Setenv("IMG_CREDENTIAL_HELPER", helper)
+	registry := startImgRegistry(t, t.TempDir(), "--blob-store", "filesystem", "--blob-store", "upstream", "--upstream-url", upstream.URL)
+
+	if got := testpeer.Crane(t, "digest", registry.host()+"/private/app:v1"); got != layout.RootDigest().String() {
+		t.Errorf("crane digest through img registry = %s, want %s", got, layout.RootDigest())
+	}
+	layer := layout.Layers[0].Digest
+	if got := getBlob(t, registry.url(), "private/app", layer); digest.FromBytes(got) != layer {
+		t.Errorf("layer served with digest %s, want %s", digest.FromBytes(got), layer)
+	}
+}
