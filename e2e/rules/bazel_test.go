@@ -79,6 +79,25 @@ func TestMain(m *testing.M) {
 // binary built by the test; without, the img_tool_repository rule builds img itself.
 func newWorkspace(t *testing.T, prebuilt bool) *workspace {
 	t.Helper()
+
+	ws := newWorkspaceFrom(t, filepath.Join("e2e", "rules", "testdata"), `path = "__RULES_IMG__"`)
+	if !prebuilt {
+		ws.env = append(ws.env, "IMG_TOOL_BINARY=")
+	}
+	testpeer.WriteLayout(t, filepath.Join(ws.dir, "base"), testpeer.LayoutSpec{
+		Layers:        []int64{4096},
+		Gzip:          true,
+		MultiPlatform: true,
+		Seed:          7,
+	})
+	return ws
+}
+
+// newWorkspaceFrom copies the workspace at source (relative to the repository root) and
+// replaces rulesImgPath, its local_repository path line for rules_img, with this
+// checkout. The copy uses the img binary built by the test.
+func newWorkspaceFrom(t *testing.T, source, rulesImgPath string) *workspace {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("starts Bazel; skipped with -short")
 	}
@@ -91,29 +110,22 @@ func newWorkspace(t *testing.T, prebuilt bool) *workspace {
 	ws := &workspace{
 		dir:        filepath.Join(temp, "ws"),
 		outputRoot: filepath.Join(temp, "bazel-root"),
-		env:        append(os.Environ(), "IMG_TOOL_BINARY="),
+		env:        append(os.Environ(), "IMG_TOOL_BINARY="+prebuiltImg(t)),
 	}
-	if prebuilt {
-		ws.env = append(ws.env, "IMG_TOOL_BINARY="+prebuiltImg(t))
-	}
-	copyTree(t, filepath.Join(root, "e2e", "rules", "testdata"), ws.dir)
+	copyTree(t, filepath.Join(root, source), ws.dir)
 
 	workspaceFile := filepath.Join(ws.dir, "WORKSPACE")
 	body, err := os.ReadFile(workspaceFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	body = bytes.ReplaceAll(body, []byte("__RULES_IMG__"), []byte(root))
+	if !bytes.Contains(body, []byte(rulesImgPath)) {
+		t.Fatalf("%s has no line %s to point at this checkout", workspaceFile, rulesImgPath)
+	}
+	body = bytes.ReplaceAll(body, []byte(rulesImgPath), []byte(`path = "`+root+`"`))
 	if err := os.WriteFile(workspaceFile, body, 0o644); err != nil {
 		t.Fatal(err)
 	}
-
-	testpeer.WriteLayout(t, filepath.Join(ws.dir, "base"), testpeer.LayoutSpec{
-		Layers:        []int64{4096},
-		Gzip:          true,
-		MultiPlatform: true,
-		Seed:          7,
-	})
 
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -166,3 +166,23 @@ func readRequest(t *testing.T, ws *workspace, name string) *image.Request {
 	}
 	return req
 }
+
+// TestExampleWorkspace builds examples/basic, the workspace the docs tell users to
+// copy, and runs both of its push targets.
+func TestExampleWorkspace(t *testing.T) {
+	ws := newWorkspaceFrom(t, filepath.Join("examples", "basic"), `path = "../.."`)
+	registry := testpeer.StartRegistry(t)
+	registryFlag := "--//:registry=" + registry.Addr
+
+	ws.bazel(t, "build", "//...")
+	ws.bazel(t, "run", registryFlag, "//:push")
+	ws.bazel(t, "run", registryFlag, "--config=release", "//:push_release")
+
+	built := ws.graph(t, "image.image.json").Image.Root.Digest
+	for _, tag := range []string{"latest", "0.1.0"} {
+		got := registry.Crane(t, "digest", registry.Ref("examples/hello", ":"+tag))
+		if got != built.String() {
+			t.Errorf("examples/hello:%s has digest %s, expected %s", tag, got, built)
+		}
+	}
+}
