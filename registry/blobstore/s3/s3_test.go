@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -342,5 +343,31 @@ func TestPartSizeGrowsForHugeBlobs(t *testing.T) {
 	}
 	if store.partSizeFor(1<<30) != DefaultPartSize {
 		t.Errorf("1 GiB blob part size = %d, want the default %d", store.partSizeFor(1<<30), DefaultPartSize)
+	}
+}
+
+func TestCommitOfStoredBlobSkipsCopy(t *testing.T) {
+	client := startFakeS3(t)
+	store := newTestStore(t, client, Options{})
+	content := randomBlob(t, 4096)
+	dgst := putBlob(t, store, content, len(content))
+	key := store.Key(dgst)
+	before, err := client.HeadObject(context.Background(), &awss3.HeadObjectInput{Bucket: new(testBucket), Key: &key})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	time.Sleep(1100 * time.Millisecond) // Last-Modified has a resolution of one second.
+	putBlob(t, store, content, len(content))
+
+	after, err := client.HeadObject(context.Background(), &awss3.HeadObjectInput{Bucket: new(testBucket), Key: &key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !after.LastModified.Equal(*before.LastModified) {
+		t.Errorf("second commit of %s rewrote the object (Last-Modified %s, then %s)", dgst, before.LastModified, after.LastModified)
+	}
+	if entries, _ := os.ReadDir(store.Uploads().Dir()); len(entries) != 0 {
+		t.Errorf("staging folder keeps %d files after the commits, want 0", len(entries))
 	}
 }

@@ -39,6 +39,13 @@ func (w *writer) Commit(ctx context.Context, expected digest.Digest) error {
 		return err
 	}
 
+	// Keys are digests, so an object already under the key with the same size holds these
+	// bytes, and copying them again would only cost time.
+	if size, err := w.store.Stat(ctx, expected); err == nil && size == w.Size() {
+		w.store.logger.Info("blob already in S3; discarding the staged upload", "digest", expected.String(), "key", key, "upload_id", w.ID())
+		return w.Discard()
+	}
+
 	file, err := os.Open(w.Path())
 	if err != nil {
 		return fmt.Errorf("open staged upload %s of blob %s: %w", w.ID(), expected, err)
