@@ -456,7 +456,11 @@ func (s *Server) namedSet(inv *invocation, setID string, event *bep.NamedSetOfFi
 // state.
 func (s *Server) targetConfigured(inv *invocation, label, kind string) {
 	inv.kinds[label] = kind
-	if s.opts.EventState == nil || !slices.Contains(s.opts.PushKinds, kind) {
+	if !slices.Contains(s.opts.PushKinds, kind) {
+		return
+	}
+	s.log.Debug("push target configured", "invocation_id", inv.id, "target", label, "kind", kind)
+	if s.opts.EventState == nil {
 		return
 	}
 	if err := s.opts.EventState.PutPushTarget(inv.id, label, kind); err != nil {

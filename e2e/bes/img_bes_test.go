@@ -31,9 +31,14 @@ type imgBES struct {
 // stops it with SIGINT on cleanup.
 func startImgBES(t *testing.T, dataDir string, args ...string) *imgBES {
 	t.Helper()
+	return startImgBESOnPorts(t, dataDir, testpeer.FreePort(t), testpeer.FreePort(t), args...)
+}
+
+// startImgBESOnPorts starts `img bes` like startImgBES on the given ports.
+func startImgBESOnPorts(t *testing.T, dataDir string, grpcPort, httpPort int, args ...string) *imgBES {
+	t.Helper()
 
 	binary := buildImg(t)
-	grpcPort, httpPort := testpeer.FreePort(t), testpeer.FreePort(t)
 	full := append([]string{"bes",
 		"--address", "127.0.0.1",
 		"--port", strconv.Itoa(grpcPort),
@@ -185,7 +190,7 @@ func TestImgBESPushesToRegistry(t *testing.T) {
 		"--remote_cache="+cache.Endpoint(),
 		"--define=registry="+registry.Addr,
 		"--output_groups=+img_push_request",
-		"//:all")
+		"//:app", "//:tools", "//:lazy", "//:notes")
 	if err != nil {
 		t.Fatalf("bazel build failed: %v", err)
 	}
@@ -352,4 +357,71 @@ func TestImgBESReadsCacheWithCredentialHelper(t *testing.T) {
 		t.Fatalf("//:app is %s (error %q); expected succeeded with the helper's credentials", pushes["//:app"].State, pushes["//:app"].Error)
 	}
 	registry.Crane(t, "digest", registry.Ref("e2e/app", ":latest"))
+}
+
+func TestImgBESRestartMidBuild(t *testing.T) {
+	b := newBazel(t)
+	cache := testpeer.StartBazelRemote(t)
+	registry := testpeer.StartRegistry(t)
+	dataDir := t.TempDir()
+	grpcPort, httpPort := testpeer.FreePort(t), testpeer.FreePort(t)
+	first := startImgBESOnPorts(t, dataDir, grpcPort, httpPort, "--commit-mode", "per-stream")
+
+	// //:slow sleeps 6 s in its image action. Without --output_groups, only the target
+	// kind from the TargetConfigured event, sent before the restart, marks it as a
+	// push target.
+	resultsURL := first.httpURL + "/invocation/"
+	type buildResult struct {
+		output string
+		err    error
+	}
+	built := make(chan buildResult, 1)
+	go func() {
+		output, err := b.build(t,
+			"--bes_backend=grpc://"+first.grpcAddr,
+			"--bes_results_url="+resultsURL,
+			"--remote_cache="+cache.Endpoint(),
+			"--define=registry="+registry.Addr,
+			"//:slow")
+		built <- buildResult{output, err}
+	}()
+
+	waitForLog(t, first.log, `msg="push target configured"`, time.Minute)
+	if err := first.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	first.cmd.Wait()
+	second := startImgBESOnPorts(t, dataDir, grpcPort, httpPort, "--commit-mode", "per-stream")
+
+	result := <-built
+	if result.err != nil {
+		t.Fatalf("bazel build failed after img bes restarted: %v", result.err)
+	}
+	id := invocationID(t, result.output, resultsURL)
+
+	pushes := second.waitResults(t, id)
+	waitForLog(t, second.log, `msg="resumed event state of an invocation from before a restart" invocation_id=`+id, time.Second)
+	if pushes["//:slow"].State != bes.StateSucceeded {
+		t.Fatalf("//:slow is %s (error %q); expected succeeded", pushes["//:slow"].State, pushes["//:slow"].Error)
+	}
+	manifest := registry.Crane(t, "manifest", registry.Ref("e2e/slow", ":latest"))
+	if want := strings.TrimSpace(string(b.bin(t, "slow/manifest.json"))); manifest != want {
+		t.Errorf("manifest of e2e/slow:latest is\n%s\nexpected\n%s", manifest, want)
+	}
+}
+
+// waitForLog waits until the file at path contains text.
+func waitForLog(t *testing.T, path, text string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		data, err := os.ReadFile(path)
+		if err == nil && strings.Contains(string(data), text) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not contain %q after %v:\n%s", path, text, timeout, data)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

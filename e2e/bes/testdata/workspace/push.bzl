@@ -9,6 +9,7 @@ spawned action, so Bazel uploads it to the remote cache, where img bes reads it.
 _BUILD_IMAGE = """
 set -euo pipefail
 work="$(mktemp -d)"
+sleep "$DELAY"
 printf '%s\\n' "$CONTENT" > "$work/hello.txt"
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$work/layer.tar" -C "$work" hello.txt
 gzip -n -c "$work/layer.tar" > "$LAYER"
@@ -42,6 +43,7 @@ def _image_push_impl(ctx):
         command = _BUILD_IMAGE,
         env = {
             "CONTENT": ctx.attr.content,
+            "DELAY": str(ctx.attr.delay_seconds),
             "LAYER": layer.path,
             "CONFIG": config.path,
             "MANIFEST": manifest.path,
@@ -75,6 +77,7 @@ image_push = rule(
     implementation = _image_push_impl,
     attrs = {
         "content": attr.string(mandatory = True),
+        "delay_seconds": attr.int(default = 0, doc = "Seconds the image action sleeps, to keep a build running."),
         "repository": attr.string(mandatory = True),
         "strategy": attr.string(default = "bes"),
         "tag": attr.string(default = "latest"),
