@@ -83,11 +83,12 @@ func init() {
 	flags := &registryFlags{}
 	cmd := &cobra.Command{
 		Use:   "registry",
-		Short: "Run an OCI registry whose blobs live on disk or in a Bazel remote cache",
+		Short: "Run an OCI registry whose blobs live on disk, in a Bazel remote cache, in S3 or upstream",
 		Long: `Run an OCI distribution-spec v1.1 registry.
 
 Blobs live in the stores named by --blob-store, looked up in order; uploads go to the first
-store that accepts writes. Manifests, tags and the blob size index live in a database under
+store that accepts writes. The upstream store reads blobs and manifests through from another
+registry. Manifests, tags and the blob size index live in a database under
 --data-dir. With --enable-blobcache, a gRPC blob-cache service on --grpc-port lets
 cas_registry pushes register blobs that already sit in the remote cache.`,
 		Args: cobra.NoArgs,
