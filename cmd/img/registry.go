@@ -83,7 +83,7 @@ func init() {
 	flags := &registryFlags{}
 	cmd := &cobra.Command{
 		Use:   "registry",
-		Short: "Run an OCI registry whose blobs live on disk, in a Bazel remote cache, in S3 or upstream",
+		Short: "Run an OCI registry whose blobs live on disk, in a Bazel remote cache, in S3 or in another registry",
 		Long: `Run an OCI distribution-spec v1.1 registry.
 
 Blobs live in the stores named by --blob-store, looked up in order; uploads go to the first
