@@ -8,10 +8,10 @@ import (
 	bep "github.com/rulesimg/img/proto/buildeventstream"
 )
 
-// invocation is what the server remembers of one Bazel invocation while its event
-// stream is open. Bazel sends a NamedSetOfFiles or TargetConfigured event once and
-// refers to it later, and a retried stream resends only the events not yet
-// acknowledged, so this state outlives a single stream RPC.
+// invocation is the server's state of one Bazel invocation while its event stream is
+// open. Bazel sends a NamedSetOfFiles or TargetConfigured event once and refers to it
+// later, and a retried stream resends only the events not yet acknowledged, so this
+// state outlives a single stream RPC.
 //
 // The state lives in memory and, when the server has an EventState, also on disk, so
 // that a server restarted in the middle of a build can still resolve the file sets

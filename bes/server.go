@@ -94,7 +94,16 @@ type Server struct {
 
 	mu          sync.Mutex
 	invocations map[string]*invocation
+	// finished keeps the InvocationInfo of the last maxFinishedInfos finished
+	// invocations for the results page, oldest first in finishedOrder.
+	finished      map[string]InvocationInfo
+	finishedOrder []string
 }
+
+// maxFinishedInfos bounds the invocations whose command and exit code the results page
+// still shows after their stream finished. The pushes themselves stay listed for
+// --retention.
+const maxFinishedInfos = 1000
 
 // NewServer creates a server that puts push jobs on queue. Register it on a gRPC server
 // with buildpb.RegisterPublishBuildEventServer.
@@ -120,6 +129,7 @@ func NewServer(queue *Queue, opts ServerOptions) *Server {
 		log:         opts.Logger,
 		metrics:     opts.Metrics,
 		invocations: map[string]*invocation{},
+		finished:    map[string]InvocationInfo{},
 	}
 	s.deleteIdleEventState()
 	return s
@@ -315,8 +325,18 @@ func (s *Server) loadEventState(inv *invocation) {
 }
 
 func (s *Server) forget(id string) {
+	info, _ := s.invocationInfo(id)
+
 	s.mu.Lock()
 	delete(s.invocations, id)
+	if _, ok := s.finished[id]; !ok {
+		s.finishedOrder = append(s.finishedOrder, id)
+	}
+	s.finished[id] = info
+	if len(s.finishedOrder) > maxFinishedInfos {
+		delete(s.finished, s.finishedOrder[0])
+		s.finishedOrder = s.finishedOrder[1:]
+	}
 	s.mu.Unlock()
 
 	if s.opts.EventState == nil {
@@ -328,7 +348,7 @@ func (s *Server) forget(id string) {
 }
 
 // InvocationInfo is the invocation's details read from its build events, for the
-// results page. It is empty once the invocation's stream has finished.
+// results page. It is kept for the last 1000 finished invocations of this process.
 type InvocationInfo struct {
 	Command      string    `json:"command,omitempty"`
 	BazelVersion string    `json:"bazel_version,omitempty"`
@@ -337,12 +357,14 @@ type InvocationInfo struct {
 	ExitCode     string    `json:"exit_code,omitempty"`
 }
 
+// invocationInfo returns the details of invocation id and whether its stream is open.
 func (s *Server) invocationInfo(id string) (InvocationInfo, bool) {
 	s.mu.Lock()
 	inv, ok := s.invocations[id]
+	finished := s.finished[id]
 	s.mu.Unlock()
 	if !ok {
-		return InvocationInfo{}, false
+		return finished, false
 	}
 
 	inv.mu.Lock()

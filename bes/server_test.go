@@ -465,6 +465,10 @@ func TestResultsAPIListsPushes(t *testing.T) {
 		t.Errorf("//:broken is %+v; expected failed with error unauthorized", byTarget["//:broken"])
 	}
 
+	if results.Invocation.Command != "build" || results.Invocation.BazelVersion != "4.2.3" {
+		t.Errorf("invocation details are %+v after the stream finished; expected command build and Bazel 4.2.3", results.Invocation)
+	}
+
 	code, page := ts.httpGet(t, handler, "/invocation/inv-api")
 	if code != 200 {
 		t.Fatalf("GET /invocation/inv-api returned %d", code)
