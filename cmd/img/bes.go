@@ -64,6 +64,12 @@ Point Bazel at it with:
   bazel build --bes_backend=grpc://localhost:8080 --bes_results_url=http://localhost:8081/invocation/ \
     --remote_cache=grpc://... //...
 
+Bazel reports a push target's img_push_request output group only when the build asks
+for it (--output_groups=+img_push_request); without that flag the server finds the
+push request, <name>.request.json, among the target's default outputs. The remote
+cache is required: the server reads push requests and blobs from it, never from the
+build machine's disk.
+
 Each invocation's pushes are listed at /invocation/<id> and /api/invocation/<id> on
 --http-port, with Prometheus metrics on /metrics. With --commit-mode per-stream, the
 build event upload ends only when the invocation's pushes are done, and a failed push
