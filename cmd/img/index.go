@@ -24,7 +24,7 @@ func init() {
 		Short: "Build an OCI image index over several platform manifests",
 		Long: `Build an OCI image index that lists each manifest with its platform, in the
 order given. Writes the index blob and an image graph like 'img manifest' does.`,
-		Args: cobra.NoArgs,
+		Args: bazelParamFile,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runIndex(flags)
 		},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 
@@ -31,7 +32,7 @@ func init() {
 tar in order, with parent directories added, every timestamp set to the Unix epoch
 and owners fixed unless given. Writes the blob and a JSON file with its descriptor
 and diff ID, which 'img manifest --layer' reads.`,
-		Args: cobra.NoArgs,
+		Args: bazelParamFile,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runLayer(flags)
 		},
@@ -114,4 +115,29 @@ func parseOwner(text string) (int, int, error) {
 		return 0, 0, fmt.Errorf("owner %q: expected UID:GID with numbers, such as 1000:1000", text)
 	}
 	return uid, gid, nil
+}
+
+// bazelParamFile accepts Bazel's params file in place of the flags. When a command line
+// is too long, Bazel writes the arguments to a file, one per line (the "multiline"
+// format), and passes "@FILE". It runs as the command's Args check, because cobra checks
+// required flags after that and before RunE.
+func bazelParamFile(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	if len(args) > 1 || !strings.HasPrefix(args[0], "@") {
+		return fmt.Errorf("unexpected arguments %q; %s takes flags only, or a single @PARAMS_FILE", args, cmd.CommandPath())
+	}
+	body, err := os.ReadFile(strings.TrimPrefix(args[0], "@"))
+	if err != nil {
+		return fmt.Errorf("params file: %w", err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(body), "\n"), "\n")
+	if err := cmd.Flags().Parse(lines); err != nil {
+		return fmt.Errorf("params file %s: %w", args[0][1:], err)
+	}
+	if rest := cmd.Flags().Args(); len(rest) > 0 {
+		return fmt.Errorf("params file %s: unexpected arguments %q", args[0][1:], rest)
+	}
+	return nil
 }

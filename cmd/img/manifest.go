@@ -41,7 +41,7 @@ func init() {
 (--base-layout) or another manifest's metadata (--base-metadata), or none for an
 image from scratch. The metadata written is an image graph: a push request with
 strategy eager, no destinations, and paths relative to the working directory.`,
-		Args: cobra.NoArgs,
+		Args: bazelParamFile,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runManifest(cmd, flags)
 		},

@@ -35,7 +35,7 @@ Registry, repository and tags are Go templates over the --var values and, when
 status files are given, Bazel's workspace status keys; a template that names a
 missing key is an error. File paths in the request are relative to the request's
 runfiles directory, so the request works inside the push target's runfiles tree.`,
-		Args: cobra.NoArgs,
+		Args: bazelParamFile,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runRequest(flags)
 		},

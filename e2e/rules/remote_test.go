@@ -58,6 +58,18 @@ func TestPushLazyMinimal(t *testing.T) {
 	if len(blob) == 0 {
 		t.Errorf("registry returns an empty blob for layer %s", layer)
 	}
+
+	t.Run("eager under minimal downloads", func(t *testing.T) {
+		eager := append(remote, "--remote_download_minimal")
+		ws.bazel(t, append(append([]string{"run"}, eager...), "//:push", "--", "--repository", "e2e/eager")...)
+		got := registry.Crane(t, "digest", registry.Ref("e2e/eager", ":v1"))
+		if got != built.String() {
+			t.Errorf("e2e/eager:v1 has digest %s, expected %s", got, built)
+		}
+		if found := layerFiles(t, ws.info(t, "bazel-bin")); len(found) == 0 {
+			t.Error("no layer file is local after an eager push under --remote_download_minimal")
+		}
+	})
 }
 
 // TestPushCASRegistry pushes to `img registry` whose blob store is the remote cache:

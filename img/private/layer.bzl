@@ -1,5 +1,6 @@
 """image_layer: one deterministic layer blob from files and tars."""
 
+load(":args.bzl", "params_args")
 load(":providers.bzl", "ImageLayerInfo")
 
 _EXTENSIONS = {
@@ -19,8 +20,7 @@ def _image_layer_impl(ctx):
     blob = ctx.actions.declare_file(ctx.label.name + _EXTENSIONS[ctx.attr.compression])
     metadata = ctx.actions.declare_file(ctx.label.name + ".layer.json")
 
-    args = ctx.actions.args()
-    args.add("layer")
+    args = params_args(ctx)
     args.add("--output", blob)
     args.add("--metadata", metadata)
     args.add("--compression", ctx.attr.compression)
@@ -44,7 +44,7 @@ def _image_layer_impl(ctx):
 
     ctx.actions.run(
         executable = ctx.executable._img,
-        arguments = [args],
+        arguments = [ctx.actions.args().add("layer"), args],
         inputs = inputs,
         outputs = [blob, metadata],
         mnemonic = "ImageLayer",

@@ -1,5 +1,6 @@
 """image_manifest and image_index: configs, manifests and indexes."""
 
+load(":args.bzl", "params_args")
 load(":providers.bzl", "ImageInfo", "ImageLayerInfo")
 
 def _base_inputs(ctx, args):
@@ -28,8 +29,7 @@ def _image_manifest_impl(ctx):
     manifest = ctx.actions.declare_file(ctx.label.name + ".manifest.json")
     graph = ctx.actions.declare_file(ctx.label.name + ".image.json")
 
-    args = ctx.actions.args()
-    args.add("manifest")
+    args = params_args(ctx)
     args.add("--config-output", config)
     args.add("--manifest-output", manifest)
     args.add("--metadata", graph)
@@ -65,7 +65,7 @@ def _image_manifest_impl(ctx):
 
     ctx.actions.run(
         executable = ctx.executable._img,
-        arguments = [args],
+        arguments = [ctx.actions.args().add("manifest"), args],
         inputs = inputs,
         outputs = [config, manifest, graph],
         mnemonic = "ImageManifest",
@@ -125,8 +125,7 @@ def _image_index_impl(ctx):
     index = ctx.actions.declare_file(ctx.label.name + ".index.json")
     graph = ctx.actions.declare_file(ctx.label.name + ".image.json")
 
-    args = ctx.actions.args()
-    args.add("index")
+    args = params_args(ctx)
     args.add("--output", index)
     args.add("--metadata", graph)
     inputs = []
@@ -139,7 +138,7 @@ def _image_index_impl(ctx):
 
     ctx.actions.run(
         executable = ctx.executable._img,
-        arguments = [args],
+        arguments = [ctx.actions.args().add("index"), args],
         inputs = inputs,
         outputs = [index, graph],
         mnemonic = "ImageIndex",

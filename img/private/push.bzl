@@ -1,5 +1,6 @@
 """image_push: a push request and a launcher that runs `img push` on it."""
 
+load(":args.bzl", "params_args")
 load(":providers.bzl", "ImageInfo", "ImgSettingInfo")
 
 _STRATEGIES = ["eager", "lazy", "cas_registry", "bes"]
@@ -34,8 +35,7 @@ def _local_path(ctx, f):
     return ctx.label.name + ".local/" + path
 
 def _write_request(ctx, info, strategy, request, copies):
-    args = ctx.actions.args()
-    args.add("request")
+    args = params_args(ctx)
     args.add("--image", info.graph)
     args.add("--strategy", strategy)
     args.add("--registry", ctx.attr.registry)
@@ -58,7 +58,7 @@ def _write_request(ctx, info, strategy, request, copies):
 
     ctx.actions.run(
         executable = ctx.executable._img,
-        arguments = [args],
+        arguments = [ctx.actions.args().add("request"), args],
         inputs = inputs,
         outputs = [request],
         mnemonic = "ImagePushRequest",
