@@ -13,6 +13,8 @@ import (
 	buildpb "google.golang.org/genproto/googleapis/devtools/build/v1"
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
+
+	bep "github.com/rulesimg/img/proto/buildeventstream"
 )
 
 // capturedStream is the tool event stream of `bazel build //:all` of the e2e/bes
@@ -141,4 +143,42 @@ func replayOnce(b *testing.B, ts *testServer, events []*buildpb.OrderedBuildEven
 	}
 	stream.CloseSend()
 	return <-done
+}
+
+// syntheticBuild returns the events of a build of targets targets, every tenth of them
+// a push target, each target with a TargetConfigured, a NamedSetOfFiles of files
+// files and a TargetCompleted event, as Bazel sends them.
+func syntheticBuild(b *testing.B, targets, files int) []*buildpb.OrderedBuildEvent {
+	stream := newEventStream("synthetic").started(b)
+	for i := range targets {
+		label := fmt.Sprintf("//pkg%d:target", i)
+		setID := fmt.Sprintf("set-%d", i)
+		kind := "genrule rule"
+		if i%10 == 0 {
+			kind = DefaultPushKind
+		}
+
+		var outputs []*bep.File
+		for j := range files {
+			outputs = append(outputs, &bep.File{
+				Name:       fmt.Sprintf("pkg%d/out%d.o", i, j),
+				PathPrefix: []string{"bazel-out", "k8-fastbuild", "bin"},
+				File:       &bep.File_Uri{Uri: fmt.Sprintf("bytestream://127.0.0.1:1/blobs/%064d/%d", i*files+j, 1000)},
+			})
+		}
+		if kind == DefaultPushKind {
+			outputs = append(outputs, inlineFile(fmt.Sprintf("pkg%d/target.request.json", i), pushRequestJSON("lazy", "bench")))
+		}
+
+		stream.configured(b, label, kind).
+			namedSet(b, setID, outputs).
+			completed(b, label, true, map[string][]string{"default": {setID}})
+	}
+	return stream.finish().events
+}
+
+// BenchmarkSyntheticBuild replays a build of 1000 targets with 20 output files each,
+// 100 of them push targets, and reports the acknowledgement latency and events/s.
+func BenchmarkSyntheticBuild(b *testing.B) {
+	benchmarkReplay(b, syntheticBuild(b, 1000, 20), 1)
 }
