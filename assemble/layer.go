@@ -421,21 +421,22 @@ func (lw *layerWriter) copyTarEntry(tr *tar.Reader, header *tar.Header) error {
 	return nil
 }
 
-// nonTimePAXRecords keeps PAX records such as extended attributes and drops the time
-// records, which would defeat the fixed timestamps.
+// nonTimePAXRecords returns the PAX records, such as extended attributes, without the
+// time records, which would defeat the fixed timestamps, and without the records that
+// duplicate header fields, which tar.Writer sets itself.
 func nonTimePAXRecords(records map[string]string) map[string]string {
-	var kept map[string]string
+	var preserved map[string]string
 	for key, value := range records {
 		switch key {
 		case "mtime", "atime", "ctime", "path", "linkpath", "size", "uid", "gid", "uname", "gname":
 			continue
 		}
-		if kept == nil {
-			kept = map[string]string{}
+		if preserved == nil {
+			preserved = map[string]string{}
 		}
-		kept[key] = value
+		preserved[key] = value
 	}
-	return kept
+	return preserved
 }
 
 var (

@@ -179,8 +179,8 @@ func applyConfig(config *ocispec.Image, opts ConfigOptions) {
 	}
 }
 
-// mergeEnv sets each KEY=VALUE of updates in base, replacing an entry with the same key
-// where it stands and appending new keys in the order given.
+// mergeEnv sets each KEY=VALUE of updates in base. An entry with the same key is
+// replaced in place, and new keys are appended in the order given.
 func mergeEnv(base, updates []string) []string {
 	merged := append([]string(nil), base...)
 	for _, update := range updates {

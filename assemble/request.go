@@ -38,11 +38,11 @@ type RequestOptions struct {
 	RequestPath string
 }
 
-// BuildRequest returns the push request, with templates expanded and files chosen for
-// the strategy: every blob for eager; manifests, indexes and configs otherwise, because
-// the other strategies read layers from the remote cache. Blobs from the source tree,
-// such as a checked-in base layout, are always listed, because Bazel uploads only
-// action outputs to a remote cache.
+// BuildRequest returns the push request with templates expanded and files chosen for
+// the strategy. An eager request lists every blob. The other strategies read layers
+// from the remote cache, so their requests list manifests, indexes and configs. Blobs
+// from the source tree, such as a checked-in base layout, are always listed, because
+// Bazel uploads only action outputs to a remote cache.
 func BuildRequest(opts RequestOptions) (*image.Request, error) {
 	if err := image.ValidateStrategy(opts.Strategy); err != nil {
 		return nil, fmt.Errorf("strategy: %w", err)

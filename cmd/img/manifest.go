@@ -103,7 +103,7 @@ func runManifest(cmd *cobra.Command, flags manifestFlags) error {
 
 	switch {
 	case flags.baseLayout != "" && flags.baseGraph != "":
-		return fmt.Errorf("--base-layout and --base-metadata both given; an image has one base")
+		return fmt.Errorf("--base-layout and --base-metadata are both set; an image has one base, so give one of them")
 	case flags.baseLayout != "":
 		os, arch := flags.os, flags.architecture
 		if os == "" {
