@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -423,5 +424,38 @@ func waitForLog(t *testing.T, path, text string, timeout time.Duration) {
 			t.Fatalf("%s does not contain %q after %v:\n%s", path, text, timeout, data)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestImgBESFailsBuildOnRejectedPush(t *testing.T) {
+	b := newBazel(t)
+	cache := testpeer.StartBazelRemote(t)
+	// The registry requires credentials that img bes does not have, so it rejects the
+	// push with 401, which no retry can fix.
+	registry := testpeer.StartRegistry(t, testpeer.WithHtpasswd("pusher", "secret-for-test"))
+	server := startImgBES(t, t.TempDir(), "--commit-mode", "per-stream")
+
+	resultsURL := server.httpURL + "/invocation/"
+	output, err := b.build(t,
+		"--bes_backend=grpc://"+server.grpcAddr,
+		"--bes_results_url="+resultsURL,
+		"--remote_cache="+cache.Endpoint(),
+		"--define=registry="+registry.Addr,
+		"//:app")
+	var exitErr *exec.ExitError
+	if !errors.As(err, &exitErr) || exitErr.ExitCode() != 45 {
+		t.Fatalf("bazel build returned %v; expected exit code 45 for the rejected push", err)
+	}
+	if !strings.Contains(output, "//:app: ") || !strings.Contains(output, "401") {
+		t.Errorf("bazel output does not show the push error of //:app with the registry's 401")
+	}
+
+	id := invocationID(t, output, resultsURL)
+	pushes := server.waitResults(t, id)
+	if pushes["//:app"].State != bes.StateFailed {
+		t.Errorf("//:app is %s; expected failed", pushes["//:app"].State)
+	}
+	if pushes["//:app"].Attempts != 1 {
+		t.Errorf("//:app made %d attempts; expected 1, because a 401 is not retried", pushes["//:app"].Attempts)
 	}
 }
