@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -71,6 +72,17 @@ func TestPushEager(t *testing.T) {
 		tags := registry.Crane(t, "ls", registry.Ref("e2e/other", ""))
 		if tags != "override" {
 			t.Errorf("e2e/other has tags %q, expected only override", tags)
+		}
+	})
+
+	t.Run("relative refs file", func(t *testing.T) {
+		ws.bazel(t, "run", registryFlag, "//:push", "--", "--refs-file", "refs.json")
+		body, err := os.ReadFile(filepath.Join(ws.dir, "refs.json"))
+		if err != nil {
+			t.Fatalf("--refs-file refs.json is not in the directory bazel run was called from: %v", err)
+		}
+		if !strings.Contains(string(body), built.String()) {
+			t.Errorf("refs file lacks the pushed digest %s:\n%s", built, body)
 		}
 	})
 
