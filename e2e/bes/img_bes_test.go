@@ -326,12 +326,13 @@ func TestImgBESPushesRulesImgTarget(t *testing.T) {
 	registry.Crane(t, "blob", registry.Ref("e2e/rules-img", "@"+layer))
 }
 
-func TestImgBESReadsCacheWithCredentialHelper(t *testing.T) {
+func TestImgBESUsesCredentialHelper(t *testing.T) {
 	b := newBazel(t)
 	cache := testpeer.StartBazelRemote(t, testpeer.WithBazelRemoteHtpasswd("builder", "secret-for-test"))
-	registry := testpeer.StartRegistry(t)
+	registry := testpeer.StartRegistry(t, testpeer.WithHtpasswd("builder", "secret-for-test"))
 
-	// A Bazel credential helper that gives the cache's basic auth header for any URI.
+	// A Bazel credential helper that gives the same basic auth header for any URI, so
+	// it serves both the cache and the registry.
 	token := base64.StdEncoding.EncodeToString([]byte("builder:secret-for-test"))
 	helper := filepath.Join(t.TempDir(), "credential-helper")
 	script := fmt.Sprintf("#!/bin/sh\ncat > /dev/null\nprintf '{\"headers\":{\"Authorization\":[\"Basic %s\"]}}'\n", token)
