@@ -2,6 +2,7 @@ package rules
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -83,6 +84,19 @@ func TestPushEager(t *testing.T) {
 		}
 		if !strings.Contains(string(body), built.String()) {
 			t.Errorf("refs file lacks the pushed digest %s:\n%s", built, body)
+		}
+	})
+
+	t.Run("launcher run directly", func(t *testing.T) {
+		launcher := filepath.Join(ws.info(t, "bazel-bin"), "push")
+		cmd := exec.Command(launcher, "--tag", "direct")
+		cmd.Dir = t.TempDir()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s --tag direct: %v\n%s", launcher, err, out)
+		}
+		got := registry.Crane(t, "digest", registry.Ref("e2e/app", ":direct"))
+		if got != built.String() {
+			t.Errorf("tag direct has digest %s, expected %s", got, built)
 		}
 	})
 
