@@ -54,6 +54,9 @@ type File struct {
 // each tar in the order given, so that a file can be replaced by a later tar entry.
 type LayerOptions struct {
 	Files []File
+	// Symlinks maps a link path in the image to its target, such as
+	// "/usr/bin/app" to "/app/bin/app". Links are sorted together with Files.
+	Symlinks map[string]string
 	// Tars are tar files, plain, gzip or zstd, whose entries are copied with fixed
 	// timestamps and their own owners and modes.
 	Tars []string
@@ -187,12 +190,14 @@ type layerWriter struct {
 	dirs map[string]bool
 }
 
-// layerEntry is one regular file, directory or symlink found under a File.
+// layerEntry is one regular file or directory found under a File, or a symlink from
+// Symlinks.
 type layerEntry struct {
-	name   string // tar name: relative, slash separated, no leading "./"
-	source string
-	info   fs.FileInfo
-	file   File
+	name       string // tar name: relative, slash separated, no leading "./"
+	source     string
+	info       fs.FileInfo
+	file       File
+	linkTarget string // set for a symlink, which has no source
 }
 
 func (lw *layerWriter) writeFiles() error {
@@ -204,11 +209,21 @@ func (lw *layerWriter) writeFiles() error {
 		}
 		entries = append(entries, found...)
 	}
+	for link, target := range lw.opts.Symlinks {
+		name, err := tarName(link)
+		if err != nil {
+			return err
+		}
+		if target == "" {
+			return fmt.Errorf("symlink %s has an empty target", link)
+		}
+		entries = append(entries, layerEntry{name: name, source: "symlink to " + target, linkTarget: target, file: File{Mode: -1, UID: -1, GID: -1}})
+	}
 	sort.Slice(entries, func(i, j int) bool { return entries[i].name < entries[j].name })
 
 	for i := range entries {
 		if i > 0 && entries[i].name == entries[i-1].name {
-			return fmt.Errorf("destination /%s is given twice, by %s and %s; give each file its own path", entries[i].name, entries[i-1].source, entries[i].source)
+			return fmt.Errorf("destination /%s is given twice, by %s and %s; give each entry its own path", entries[i].name, entries[i-1].source, entries[i].source)
 		}
 		if err := lw.writeEntry(entries[i]); err != nil {
 			return err
@@ -279,6 +294,12 @@ func (lw *layerWriter) writeEntry(e layerEntry) error {
 		ModTime: epoch,
 		Uid:     uid,
 		Gid:     gid,
+	}
+	if e.linkTarget != "" {
+		header.Typeflag = tar.TypeSymlink
+		header.Linkname = e.linkTarget
+		header.Mode = 0o777
+		return lw.tar.WriteHeader(header)
 	}
 	if e.info.IsDir() {
 		if lw.dirs[e.name] {

@@ -395,3 +395,37 @@ func TestWriteLayerUnknownCompression(t *testing.T) {
 		t.Errorf("error is %v, expected one naming brotli", err)
 	}
 }
+
+func TestWriteLayerSymlinks(t *testing.T) {
+	dir := t.TempDir()
+	app := writeTestFile(t, filepath.Join(dir, "app"), "app", 0o755)
+
+	blob, meta := buildLayer(t, LayerOptions{
+		Files:    []File{{Source: app, Path: "/app/bin/app", Mode: -1, UID: -1, GID: -1}},
+		Symlinks: map[string]string{"/usr/bin/app": "/app/bin/app"},
+	})
+	headers, _ := readTar(t, blob, meta.Descriptor.MediaType)
+
+	var link *tar.Header
+	var names []string
+	for _, h := range headers {
+		names = append(names, h.Name)
+		if h.Name == "usr/bin/app" {
+			link = h
+		}
+	}
+	if got, want := strings.Join(names, " "), "app/ app/bin/ app/bin/app usr/ usr/bin/ usr/bin/app"; got != want {
+		t.Errorf("entries are %q, expected %q", got, want)
+	}
+	if link == nil || link.Typeflag != tar.TypeSymlink || link.Linkname != "/app/bin/app" {
+		t.Errorf("usr/bin/app is %+v, expected a symlink to /app/bin/app", link)
+	}
+
+	_, err := WriteLayer(io.Discard, LayerOptions{
+		Files:    []File{{Source: app, Path: "/usr/bin/app", Mode: -1, UID: -1, GID: -1}},
+		Symlinks: map[string]string{"/usr/bin/app": "/elsewhere"},
+	})
+	if err == nil || !strings.Contains(err.Error(), "given twice") {
+		t.Errorf("error is %v, expected one about /usr/bin/app given twice", err)
+	}
+}

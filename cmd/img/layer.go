@@ -15,6 +15,7 @@ import (
 type layerFlags struct {
 	files        []string
 	tars         []string
+	symlinks     []string
 	modes        []string
 	owners       []string
 	defaultOwner string
@@ -39,6 +40,7 @@ and diff ID, which 'img manifest --layer' reads.`,
 	}
 	f := cmd.Flags()
 	f.StringArrayVar(&flags.files, "file", nil, "add file or directory SRC at path DEST in the image, as DEST=SRC (repeatable)")
+	f.StringArrayVar(&flags.symlinks, "symlink", nil, "add a symbolic link at LINK pointing to TARGET, as LINK=TARGET such as /usr/bin/app=/app/bin/app (repeatable)")
 	f.StringArrayVar(&flags.tars, "tar", nil, "copy the entries of this tar file, plain, gzip or zstd (repeatable)")
 	f.StringArrayVar(&flags.modes, "mode", nil, "set the permission bits of DEST, as DEST=OCTAL such as /app/run=0755 (repeatable; default 0755 for executable sources, else 0644)")
 	f.StringArrayVar(&flags.owners, "owner", nil, "set the owner of DEST, as DEST=UID:GID (repeatable)")
@@ -92,6 +94,16 @@ func runLayer(flags layerFlags) error {
 			delete(owners, dest)
 		}
 		opts.Files = append(opts.Files, file)
+	}
+	for _, entry := range flags.symlinks {
+		link, target, ok := strings.Cut(entry, "=")
+		if !ok || link == "" || target == "" {
+			return fmt.Errorf("--symlink %q: expected LINK=TARGET such as /usr/bin/app=/app/bin/app", entry)
+		}
+		if opts.Symlinks == nil {
+			opts.Symlinks = map[string]string{}
+		}
+		opts.Symlinks[link] = target
 	}
 	for dest := range modes {
 		return fmt.Errorf("--mode names %s, which no --file adds", dest)

@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"archive/tar"
 	"compress/gzip"
 	"crypto/sha256"
 	"encoding/json"
@@ -41,6 +42,37 @@ func TestBuildIndexAndImages(t *testing.T) {
 			}
 			if got != want {
 				t.Errorf("index manifest %d has platform %s, expected %s", i, got, want)
+			}
+		}
+	})
+
+	t.Run("app layer entries", func(t *testing.T) {
+		headers := layerHeaders(t, filepath.Join(ws.info(t, "bazel-bin"), "app_layer.tar.gz"))
+		type entry struct {
+			typeflag byte
+			mode     int64
+			uid, gid int
+			linkname string
+		}
+		want := map[string]entry{
+			"app/":              {tar.TypeDir, 0o755, 0, 0, ""},
+			"app/hello.txt":     {tar.TypeReg, 0o644, 1000, 1000, ""},
+			"app/run.sh":        {tar.TypeReg, 0o755, 0, 0, ""},
+			"usr/bin/hello":     {tar.TypeSymlink, 0o777, 0, 0, "/app/run.sh"},
+			"data/greeting.txt": {tar.TypeReg, 0o644, 0, 0, ""},
+		}
+		for name, w := range want {
+			h, ok := headers[name]
+			if !ok {
+				t.Errorf("layer has no entry %s", name)
+				continue
+			}
+			got := entry{h.Typeflag, h.Mode, h.Uid, h.Gid, h.Linkname}
+			if got != w {
+				t.Errorf("entry %s is %+v, expected %+v", name, got, w)
+			}
+			if !h.ModTime.Equal(time.Unix(0, 0)) {
+				t.Errorf("entry %s has mtime %v, expected the Unix epoch", name, h.ModTime)
 			}
 		}
 	})
@@ -288,4 +320,31 @@ func readManifestConfig(t *testing.T, graph *image.Request, m *image.Manifest) o
 		t.Fatal(err)
 	}
 	return config
+}
+
+// layerHeaders reads the tar headers of a gzip layer, keyed by name.
+func layerHeaders(t *testing.T, path string) map[string]*tar.Header {
+	t.Helper()
+
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	gz, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	headers := map[string]*tar.Header{}
+	tr := tar.NewReader(gz)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return headers
+		}
+		if err != nil {
+			t.Fatalf("layer %s: %v", path, err)
+		}
+		headers[h.Name] = h
+	}
 }

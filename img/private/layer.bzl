@@ -38,6 +38,8 @@ def _image_layer_impl(ctx):
         args.add("--mode", "%s=%s" % (dest, mode))
     for dest, owner in ctx.attr.owners.items():
         args.add("--owner", "%s=%s" % (dest, owner))
+    for link, target in ctx.attr.symlinks.items():
+        args.add("--symlink", "%s=%s" % (link, target))
     for f in ctx.files.tars:
         args.add("--tar", f)
         inputs.append(f)
@@ -66,6 +68,9 @@ inputs give the same digest on every machine.""",
             allow_files = True,
             doc = "Files to add, mapped to their destination in the image, such as {\":server\": \"/app/server\"}. " +
                   "A destination ending in \"/\", or a target with several files, is a directory that receives each file by its base name.",
+        ),
+        "symlinks": attr.string_dict(
+            doc = "Symbolic links to add, link path to target, such as {\"/usr/bin/app\": \"/app/bin/app\"}. Sorted together with the files.",
         ),
         "tars": attr.label_list(
             allow_files = [".tar", ".tar.gz", ".tgz", ".tar.zst"],
