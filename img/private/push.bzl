@@ -34,7 +34,7 @@ def _local_path(ctx, f):
         path = "external/" + path[len("../"):]
     return ctx.label.name + ".local/" + path
 
-def _write_request(ctx, info, strategy, request, copies):
+def _write_request(ctx, info, strategy, request, copies, sources):
     args = params_args(ctx)
     args.add("--image", info.graph)
     args.add("--strategy", strategy)
@@ -46,9 +46,12 @@ def _write_request(ctx, info, strategy, request, copies):
     args.add("--output", request)
 
     # File paths in the request are relative to the request's local copy, so they
-    # resolve to the local copies of the blobs in the launcher's runfiles.
+    # resolve to the local copies of generated blobs and to the source files in the
+    # launcher's runfiles.
     for original, copy in copies:
         args.add("--runfile=%s=%s" % (original.path, copy.short_path))
+    for source in sources:
+        args.add("--runfile=%s=%s" % (source.path, source.short_path))
 
     inputs = [info.graph]
     if _stamping(ctx):
@@ -72,7 +75,7 @@ def _copy_locally(ctx, copies):
     --remote_download_minimal or --remote_download_toplevel, so a launcher whose
     runfiles are remote-only outputs finds dangling symlinks. It does download the
     inputs of an action that runs locally, and the outputs of such an action stay on
-    disk. Generated files are hard-linked where the file system allows it.
+    disk. Files are hard-linked where the file system allows it.
     """
     args = ctx.actions.args()
     for original, copy in copies:
@@ -82,10 +85,7 @@ def _copy_locally(ctx, copies):
         outputs = [copy for _, copy in copies],
         inputs = [original for original, _ in copies],
         command = """while [ $# -gt 0 ]; do
-  case "$1" in
-    bazel-out/*) ln -f "$1" "$2" 2>/dev/null || cp "$1" "$2" ;;
-    *) cp -L "$1" "$2" ;;
-  esac
+  ln -f "$1" "$2" 2>/dev/null || cp "$1" "$2"
   shift 2
 done""",
         arguments = [args],
@@ -141,13 +141,17 @@ def _image_push_impl(ctx):
     # An eager push reads every blob from local files. The other strategies read
     # layers from the remote cache, so only metadata blobs are copied for the launcher,
     # and `bazel run` with --remote_download_minimal downloads no layer.
-    blobs = info.blobs if strategy == "eager" else info.metadata_blobs
+    # Source files, such as a checked-in base layout, are always on disk, so they
+    # join the runfiles as they are; generated ones are copied.
+    blobs = (info.blobs if strategy == "eager" else info.metadata_blobs).to_list()
+    sources = [f for f in blobs if f.is_source]
     request = ctx.actions.declare_file(ctx.label.name + ".request.json")
     copies = [
         (f, ctx.actions.declare_file(_local_path(ctx, f)))
-        for f in [request] + blobs.to_list()
+        for f in [request] + blobs
+        if not f.is_source
     ]
-    _write_request(ctx, info, strategy, request, copies)
+    _write_request(ctx, info, strategy, request, copies, sources)
     _copy_locally(ctx, copies)
     local_request = copies[0][1]
 
@@ -164,7 +168,7 @@ def _image_push_impl(ctx):
         is_executable = True,
     )
 
-    runfiles = ctx.runfiles(files = [copy for _, copy in copies])
+    runfiles = ctx.runfiles(files = [copy for _, copy in copies] + sources)
     runfiles = runfiles.merge(ctx.attr._img_run[DefaultInfo].default_runfiles)
     return [
         DefaultInfo(
