@@ -27,7 +27,7 @@ func main() {
 	flag.IntVar(&b.noopRuns, "noop-runs", 11, "runs per client of the no-op re-push comparison")
 	flag.StringVar(&scenarios, "scenarios", "eager,noop,lazy", "comma-separated comparisons to run: eager, noop, lazy")
 	flag.StringVar(&b.work, "work", "", "scratch folder for layouts, registries and the cache (default: a new folder in $TMPDIR, about 6 GiB at peak)")
-	flag.BoolVar(&keep, "keep", false, "keep the scratch folder and its client log")
+	flag.BoolVar(&keep, "keep", false, "keep the scratch folder: the layouts and the log of every client command (registries and the cache are deleted after use)")
 	flag.Parse()
 
 	if err := run(&b, strings.Split(scenarios, ","), keep); err != nil {

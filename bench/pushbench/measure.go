@@ -15,7 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Sample is what one run of a client process cost.
+// Sample is the cost of one run of a client process.
 type Sample struct {
 	Tool string
 	Run  int
@@ -64,8 +64,11 @@ func measure(c command, servers ...int) (Sample, error) {
 
 	cmd := exec.Command(c.args[0], c.args[1:]...)
 	cmd.Env = append(os.Environ(), c.env...)
-	cmd.Stdout = logFile
-	cmd.Stderr = logFile
+	// Output goes through a pipe that this process copies to the log, because the client's
+	// write_bytes would count writes to a log file it held itself.
+	output := pipeWriter{logFile}
+	cmd.Stdout = output
+	cmd.Stderr = output
 
 	serverStart := processCPU(servers)
 	start := time.Now()
@@ -91,7 +94,7 @@ func measure(c command, servers ...int) (Sample, error) {
 	serverCPU := processCPU(servers) - serverStart
 
 	if waitErr != nil {
-		return Sample{}, fmt.Errorf("%s failed: %v; output in %s:\n%s", c.args[0], waitErr, c.log, fileTail(c.log, 2000))
+		return Sample{}, fmt.Errorf("%s failed: %v; the end of the client log:\n%s", c.args[0], waitErr, fileTail(c.log, 2000))
 	}
 	if ioErr != nil {
 		return Sample{}, ioErr
@@ -106,6 +109,15 @@ func measure(c command, servers ...int) (Sample, error) {
 		WriteBytes: writeBytes,
 		ServerCPU:  serverCPU,
 	}, nil
+}
+
+// pipeWriter hides the *os.File from os/exec, which then gives the child a pipe.
+type pipeWriter struct {
+	file *os.File
+}
+
+func (w pipeWriter) Write(p []byte) (int, error) {
+	return w.file.Write(p)
 }
 
 func procWriteBytes(pid int) (int64, error) {
@@ -125,7 +137,7 @@ func procWriteBytes(pid int) (int64, error) {
 	return 0, fmt.Errorf("no write_bytes in /proc/%d/io", pid)
 }
 
-// clockTicks is USER_HZ, the unit of utime and stime in /proc/PID/stat; it is 100 on every
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/PID/stat. It is 100 on every
 // Linux architecture Go supports.
 const clockTicks = 100
 
@@ -140,7 +152,7 @@ func processCPU(pids []int) time.Duration {
 		// The command name in brackets may contain spaces, so split after its closing bracket.
 		rest := string(data[strings.LastIndexByte(string(data), ')')+2:])
 		fields := strings.Fields(rest)
-		// Fields 14 and 15 of stat are utime and stime; rest starts at field 3.
+		// Fields 14 and 15 of stat are utime and stime, and rest starts at field 3.
 		utime, _ := strconv.ParseInt(fields[11], 10, 64)
 		stime, _ := strconv.ParseInt(fields[12], 10, 64)
 		total += time.Duration(utime+stime) * time.Second / clockTicks

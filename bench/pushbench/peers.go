@@ -141,7 +141,7 @@ http:
 			return nil, err
 		}
 
-		// The registry exports OpenTelemetry traces to localhost:4318 unless told not to.
+		// The registry exports OpenTelemetry traces to localhost:4318 unless these variables turn it off.
 		env := []string{"OTEL_SDK_DISABLED=true", "OTEL_TRACES_EXPORTER=none", "OTEL_METRICS_EXPORTER=none", "OTEL_LOGS_EXPORTER=none"}
 		s, err := startServer("registry", filepath.Join(dir, "registry.log"), binary,
 			[]string{"serve", configPath}, env, httpAnswers("http://"+addr+"/v2/"))

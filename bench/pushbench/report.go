@@ -39,12 +39,17 @@ func describeMachine(b *bench) []string {
 		return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
 	}
 
+	commit := version("git", "rev-parse", "--short", "HEAD")
+	if status, err := exec.Command("git", "status", "--porcelain").Output(); err == nil && len(status) > 0 {
+		commit += ", with uncommitted changes in the working tree"
+	}
+
 	return []string{
 		"- date: " + time.Now().UTC().Format("2006-01-02 15:04 MST"),
 		fmt.Sprintf("- machine: %d CPUs (%s), %s memory, Linux %s", runtime.NumCPU(), cpuModel, memory, strings.TrimSpace(string(kernel))),
 		"- load average (1, 5, 15 min) at the start: " + loadAverage(),
 		"- Go: " + runtime.Version(),
-		"- img: " + version(b.img, "version"),
+		"- img: " + version(b.img, "version") + ", built from commit " + commit,
 		"- crane: " + version(b.tool("crane"), "version"),
 		"- regctl: " + version(b.tool("regctl"), "version", "--format", "{{.VCSTag}}"),
 		"- skopeo: " + version("skopeo", "--version"),

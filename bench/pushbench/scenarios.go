@@ -11,17 +11,17 @@ import (
 	"github.com/rulesimg/img/internal/testpeer"
 )
 
-// skopeoBlobInfoCache is where skopeo 1.9 run as root remembers which registry has which
-// blob. It must not survive between cold runs.
+// skopeoBlobInfoCache is the file in which skopeo 1.9, run as root, records which registry
+// has which blob. It must not survive between cold runs.
 const skopeoBlobInfoCache = "/var/lib/containers/cache/blob-info-cache-v1.boltdb"
 
 // bench holds the settings and results of one benchmark run.
 type bench struct {
-	img      string // img binary
-	tools    string // folder with registry, crane, regctl, bazel-remote
-	work     string // scratch folder, deleted at the end unless -keep
-	runs     int
-	noopRuns int
+	img       string // img binary
+	tools     string // folder with registry, crane, regctl, bazel-remote
+	work      string // scratch folder, deleted at the end unless -keep
+	runs      int
+	noopRuns  int
 	clientLog string
 
 	results []*scenario
@@ -165,9 +165,9 @@ func (b *bench) checkPushed(s *scenario, reg *registry, tool string, layout test
 	return nil
 }
 
-// noop re-pushes a 100-layer image that the registry already has, with img and crane: to
-// the tag it already has, and to a new tag per run (every blob and the manifest exist, the
-// tag does not), where crane cannot stop after one manifest HEAD.
+// noop re-pushes a 100-layer image that the registry already has, with img and crane, to
+// the tag it already has and to a new tag per run. With a new tag every blob and the
+// manifest exist but the tag does not, so crane cannot stop after one manifest HEAD.
 func (b *bench) noop() error {
 	s := &scenario{title: "No-op re-push: 100 layers of 64 KiB, all in the registry", commands: map[string]string{}}
 	b.results = append(b.results, s)
