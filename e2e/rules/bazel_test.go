@@ -82,7 +82,9 @@ func newWorkspace(t *testing.T, prebuilt bool) *workspace {
 
 	ws := newWorkspaceFrom(t, filepath.Join("e2e", "rules", "testdata"), `path = "__RULES_IMG__"`)
 	if !prebuilt {
-		ws.env = append(ws.env, "IMG_TOOL_BINARY=")
+		// GOPROXY=off proves that the repository rule builds img from the Go module
+		// cache alone, as it must on a machine without network.
+		ws.env = append(ws.env, "IMG_TOOL_BINARY=", "GOPROXY=off")
 	}
 	testpeer.WriteLayout(t, filepath.Join(ws.dir, "base"), testpeer.LayoutSpec{
 		Layers:        []int64{4096},
