@@ -427,9 +427,14 @@ func (lw *layerWriter) copyTarEntry(tr *tar.Reader, header *tar.Header) error {
 		Devminor:   header.Devminor,
 		PAXRecords: nonTimePAXRecords(header.PAXRecords),
 	}
-	if header.Typeflag == tar.TypeDir {
+	switch header.Typeflag {
+	case tar.TypeDir:
 		out.Name += "/"
 		lw.dirs[name] = true
+	case tar.TypeLink:
+		// A hard link names another entry of the archive, so its target gets the same
+		// normalization as entry names; symlink targets stay as they are.
+		out.Linkname = strings.TrimPrefix(path.Clean("/"+header.Linkname), "/")
 	}
 	if err := lw.tar.WriteHeader(out); err != nil {
 		return err

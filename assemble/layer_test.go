@@ -269,7 +269,7 @@ func TestWriteLayerDuplicateDestination(t *testing.T) {
 }
 
 // writeTestTar writes a tar with a "./" root entry, an entry without its parent
-// directory, a symlink and a real timestamp, optionally gzip-compressed.
+// directory, a symlink, a hard link and a real timestamp, optionally gzip-compressed.
 func writeTestTar(t *testing.T, path string, compress bool) {
 	t.Helper()
 
@@ -280,6 +280,7 @@ func writeTestTar(t *testing.T, path string, compress bool) {
 		{Typeflag: tar.TypeDir, Name: "./", Mode: 0o755, ModTime: mtime},
 		{Typeflag: tar.TypeReg, Name: "./opt/tool/bin", Mode: 0o750, Size: 4, Uid: 5, Gid: 6, ModTime: mtime},
 		{Typeflag: tar.TypeSymlink, Name: "./opt/latest", Linkname: "tool", Mode: 0o777, ModTime: mtime},
+		{Typeflag: tar.TypeLink, Name: "./opt/tool/bin2", Linkname: "./opt/tool/bin", Mode: 0o750, ModTime: mtime},
 	}
 	for _, h := range entries {
 		if err := tw.WriteHeader(h); err != nil {
@@ -323,7 +324,7 @@ func TestWriteLayerCopiesTar(t *testing.T) {
 					t.Errorf("entry %s has mtime %v, expected the Unix epoch", h.Name, h.ModTime)
 				}
 			}
-			if got, want := strings.Join(names, " "), "opt/ opt/tool/ opt/tool/bin opt/latest"; got != want {
+			if got, want := strings.Join(names, " "), "opt/ opt/tool/ opt/tool/bin opt/latest opt/tool/bin2"; got != want {
 				t.Errorf("entries are %q, expected %q", got, want)
 			}
 			bin := headers[2]
@@ -335,6 +336,9 @@ func TestWriteLayerCopiesTar(t *testing.T) {
 			}
 			if link := headers[3]; link.Typeflag != tar.TypeSymlink || link.Linkname != "tool" {
 				t.Errorf("opt/latest is type %c to %q, expected a symlink to tool", link.Typeflag, link.Linkname)
+			}
+			if link := headers[4]; link.Typeflag != tar.TypeLink || link.Linkname != "opt/tool/bin" {
+				t.Errorf("opt/tool/bin2 is type %c to %q, expected a hard link to opt/tool/bin", link.Typeflag, link.Linkname)
 			}
 		})
 	}
