@@ -54,6 +54,13 @@ func TestPushHeadRefusedFallsBackToRangedGet(t *testing.T) {
 		t.Fatal(err)
 	}
 	uploads := proxy.Count("POST", "/blobs/uploads/")
+	// Without the manifest, the next push checks every blob again.
+	del, _ := http.NewRequest(http.MethodDelete, reg.URL+"/v2/nohead/manifests/"+info.RootDigest().String(), nil)
+	res, err := http.DefaultClient.Do(del)
+	if err != nil || res.StatusCode != http.StatusAccepted {
+		t.Fatalf("deleting the manifest: %v %v", err, res)
+	}
+	res.Body.Close()
 
 	proxy.FailNext("HEAD", "/blobs/", 100, http.StatusMethodNotAllowed, "")
 	if _, err := pushLayout(t, info.Dir, []string{ref}); err != nil {

@@ -61,6 +61,11 @@ type destination struct {
 	client *repoClient
 	result *DestinationResult
 
+	// complete is set when the registry has the root manifest already, so it has every
+	// blob and child manifest too: a registry accepts a manifest only after the content
+	// it references.
+	complete bool
+
 	mu      sync.Mutex
 	missing map[digest.Digest]bool
 	failed  error
@@ -128,6 +133,9 @@ func Push(ctx context.Context, req *image.Request, strategy Strategy, opts ...Op
 		return nil, err
 	}
 
+	if err := p.checkRoots(ctx); err != nil {
+		return nil, err
+	}
 	present := map[digest.Digest]bool{}
 	if strategy.Present != nil {
 		if present, err = strategy.Present(ctx, req, blobs); err != nil {
@@ -287,7 +295,7 @@ func (p *pusher) checkBlobs(ctx context.Context, blobs []ocispec.Descriptor, pre
 	group.SetLimit(p.opts.checkJobs)
 	for _, dest := range p.dests {
 		for _, desc := range blobs {
-			if present[desc.Digest] {
+			if present[desc.Digest] || dest.complete {
 				dest.count(func(r *DestinationResult) { r.BlobsExisting++ })
 				continue
 			}
@@ -306,6 +314,26 @@ func (p *pusher) checkBlobs(ctx context.Context, blobs []ocispec.Descriptor, pre
 				return nil
 			})
 		}
+	}
+	return group.Wait()
+}
+
+// checkRoots finds out, for every destination in parallel, whether it has the root
+// manifest.
+// A re-push of an image that is there then costs one request per destination and tag,
+// not one per blob.
+func (p *pusher) checkRoots(ctx context.Context) error {
+	root := p.req.Image.Root
+	group, ctx := errgroup.WithContext(ctx)
+	for _, dest := range p.dests {
+		group.Go(func() error {
+			existing, err := dest.client.manifestDigest(ctx, root.Digest.String(), root.MediaType)
+			if err != nil {
+				return &StepError{Destination: dest.String(), Object: "manifest " + root.Digest.String(), Step: "checking whether it exists", Err: err}
+			}
+			dest.complete = existing == root.Digest
+			return nil
+		})
 	}
 	return group.Wait()
 }
@@ -344,6 +372,9 @@ func (p *pusher) pushManifests(ctx context.Context, order []*image.Manifest) {
 }
 
 func (p *pusher) pushManifestsTo(ctx context.Context, dest *destination, order []*image.Manifest) error {
+	if dest.complete {
+		order = nil
+	}
 	for _, m := range order {
 		desc := m.Descriptor
 		object := "manifest " + desc.Digest.String()

@@ -132,6 +132,18 @@ func TestPushRepushUploadsNothing(t *testing.T) {
 	if got := result.Destinations[0].BlobsUploaded; got != 0 {
 		t.Errorf("result says %d blobs uploaded, want 0", got)
 	}
+
+	// The registry has the manifest, so a push to a new tag checks no blob at all.
+	blobChecks := proxy.Count("HEAD", "/blobs/")
+	if _, err := pushLayout(t, info.Dir, []string{proxy.Addr + "/repush:v2"}); err != nil {
+		t.Fatalf("push to a new tag: %v", err)
+	}
+	if got := proxy.Count("HEAD", "/blobs/") - blobChecks; got != 0 {
+		t.Errorf("push to a new tag checked %d blobs, want 0", got)
+	}
+	if got := testpeer.Crane(t, "digest", reg.Ref("repush", ":v2")); got != info.RootDigest().String() {
+		t.Errorf("new tag points at %s, want %s", got, info.RootDigest())
+	}
 }
 
 func TestPushTwoDestinations(t *testing.T) {
