@@ -31,8 +31,9 @@ const (
 var Strategies = []string{StrategyEager, StrategyLazy, StrategyCASRegistry, StrategyBES}
 
 // Request is a push request in memory: the image graph, where local blob bytes are and
-// where the image goes. Files maps a digest to an absolute path; a blob without an
-// entry must come from elsewhere (the remote cache, for lazy pushes).
+// where the image goes. Files maps a digest to a file path, absolute unless the request
+// was decoded with an empty base directory. A blob without an entry must come from
+// elsewhere (the remote cache, for lazy pushes).
 type Request struct {
 	Strategy     string
 	Image        *Image
