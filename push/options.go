@@ -40,10 +40,19 @@ func defaultOptions() *options {
 		smallBlob: 1 << 20,
 		insecure:  map[string]bool{},
 		keychain:  authn.DefaultKeychain,
-		transport: http.DefaultTransport,
+		transport: defaultTransport(),
 		progress:  nopProgress{},
 		logger:    slog.Default(),
 	}
+}
+
+// defaultTransport is net/http's default transport with enough idle connections per
+// host for the concurrent existence checks and uploads; the default keeps 2, so a push
+// of many blobs would open and close a connection for most requests.
+func defaultTransport() http.RoundTripper {
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxIdleConnsPerHost = 32
+	return transport
 }
 
 // WithJobs sets how many blobs upload at once (default 4).
