@@ -9,6 +9,9 @@
 //
 // GET is streamed from the bucket, or answered with a redirect to a presigned URL when
 // Options.Redirect is set.
+//
+// NOTE: upload sessions live on this machine's disk, so registry replicas that share a bucket
+// behind a load balancer need sticky sessions for chunked uploads.
 package s3
 
 import (
