@@ -1,0 +1,240 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// ratioTarget compares the medians of two clients. A zero target means the ratio is
+// reported without a target.
+type ratioTarget struct {
+	what  string
+	a, b  string
+	value func(Sample) float64
+	// target is the bound on median(a)/median(b): a maximum, or a minimum when higher is set.
+	target float64
+	higher bool
+}
+
+// limitTarget is an absolute bound on the median of one client's samples.
+type limitTarget struct {
+	tool   string
+	what   string
+	value  func(Sample) float64
+	limit  float64
+	format func(float64) string
+}
+
+func wallTime(s Sample) float64      { return float64(s.Wall) }
+func serverPeakRSS(s Sample) float64 { return float64(s.ServerPeakRSS) }
+
+// throughput returns MiB/s of the client's payload over its wall time.
+func throughput(s Sample) float64 {
+	return float64(s.Bytes) / (1 << 20) / s.Wall.Seconds()
+}
+
+func formatMiB(bytes float64) string      { return fmt.Sprintf("%.1f MiB", bytes/(1<<20)) }
+func formatNanoseconds(ns float64) string { return formatLatency(time.Duration(ns)) }
+
+func formatLatency(d time.Duration) string {
+	switch {
+	case d >= time.Second:
+		return fmt.Sprintf("%.2f s", d.Seconds())
+	case d >= 10*time.Millisecond:
+		return fmt.Sprintf("%.0f ms", float64(d)/1e6)
+	default:
+		return fmt.Sprintf("%.2f ms", float64(d)/1e6)
+	}
+}
+
+func formatSize(bytes int64) string {
+	if bytes >= 1<<30 && bytes%(1<<30) == 0 {
+		return fmt.Sprintf("%d GiB", bytes>>30)
+	}
+	return fmt.Sprintf("%d MiB", bytes>>20)
+}
+
+func joinArgs(args []string) string {
+	return strings.Join(args, " ")
+}
+
+func medianOf(samples []Sample, value func(Sample) float64) float64 {
+	var values []float64
+	for _, s := range samples {
+		values = append(values, value(s))
+	}
+	return median(values)
+}
+
+func maxOf(samples []Sample, value func(Sample) float64) float64 {
+	var result float64
+	for _, s := range samples {
+		result = max(result, value(s))
+	}
+	return result
+}
+
+// describeMachine returns Markdown lines on the machine and the versions of every tool.
+func describeMachine(b *bench) []string {
+	memory := "unknown"
+	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if value, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				memory = strings.TrimSpace(value)
+			}
+		}
+	}
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	version := func(args ...string) string {
+		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+		if err != nil {
+			return "unknown (" + err.Error() + ")"
+		}
+		return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	}
+	commit := version("git", "rev-parse", "--short", "HEAD")
+	if status, err := exec.Command("git", "status", "--porcelain").Output(); err == nil && len(status) > 0 {
+		commit += ", with uncommitted changes in the working tree"
+	}
+
+	return []string{
+		"- date: " + time.Now().UTC().Format("2006-01-02 15:04 MST"),
+		fmt.Sprintf("- machine: %d CPUs, %s memory, Linux %s", runtime.NumCPU(), memory, strings.TrimSpace(string(kernel))),
+		"- load average (1, 5, 15 min) at the start: " + loadAverage(),
+		"- Go: " + runtime.Version(),
+		"- img: " + version(b.img, "version") + ", built from commit " + commit,
+		"- crane: " + version(b.tool("crane"), "version"),
+		"- registry: " + version(b.tool("registry"), "--version"),
+		"- bazel-remote: " + moduleVersion(b.tool("bazel-remote")),
+	}
+}
+
+// moduleVersion returns the main module and version that `go version -m` reads from a Go
+// binary, because bazel-remote has no version flag.
+func moduleVersion(binary string) string {
+	out, err := exec.Command("go", "version", "-m", binary).Output()
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if fields := strings.Fields(line); len(fields) >= 3 && fields[0] == "mod" {
+			return fields[1] + " " + fields[2]
+		}
+	}
+	return "unknown"
+}
+
+// loadAverage returns the first three fields of /proc/loadavg.
+func loadAverage() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.Join(strings.Fields(string(data))[:3], " ")
+}
+
+// writeReport writes the machine, then per comparison the commands, a table of medians, the
+// targets and every sample.
+func writeReport(w io.Writer, machine []string, results []*scenario) {
+	fmt.Fprintln(w, "### Machine and versions")
+	fmt.Fprintln(w)
+	for _, line := range machine {
+		fmt.Fprintln(w, line)
+	}
+	for _, s := range results {
+		writeScenario(w, s)
+	}
+}
+
+func writeScenario(w io.Writer, s *scenario) {
+	fmt.Fprintf(w, "\n### %s\n\n", s.title)
+	for _, line := range s.setup {
+		fmt.Fprintf(w, "- %s\n", line)
+	}
+	if len(s.commands) > 0 {
+		fmt.Fprint(w, "\nCommands (ports of the last run):\n\n```\n")
+		for _, name := range append(append([]string{}, s.order...), "img bes", "background push") {
+			if c, ok := s.commands[name]; ok {
+				fmt.Fprintln(w, c)
+			}
+		}
+		fmt.Fprint(w, "```\n")
+	}
+
+	if len(s.samples) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| client | runs | wall (median) | wall (min–max) | throughput (median) | server CPU | server peak RSS (median, max) |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+		for _, name := range s.order {
+			samples := s.of(name)
+			if len(samples) == 0 {
+				continue
+			}
+			var walls, cpus []time.Duration
+			for _, sample := range samples {
+				walls = append(walls, sample.Wall)
+				cpus = append(cpus, sample.ServerCPU)
+			}
+			minWall, maxWall := walls[0], walls[0]
+			for _, wall := range walls {
+				minWall, maxWall = min(minWall, wall), max(maxWall, wall)
+			}
+			rate := "–"
+			if samples[0].Bytes > 0 {
+				rate = fmt.Sprintf("%.0f MiB/s", medianOf(samples, throughput))
+			}
+			fmt.Fprintf(w, "| %s | %d | %s | %s–%s | %s | %.2f s | %s, %s |\n", name, len(samples), formatLatency(median(walls)),
+				formatLatency(minWall), formatLatency(maxWall), rate, median(cpus).Seconds(),
+				formatMiB(medianOf(samples, serverPeakRSS)), formatMiB(maxOf(samples, serverPeakRSS)))
+		}
+		fmt.Fprintln(w)
+	}
+
+	for _, r := range s.ratios {
+		a, b := medianOf(s.of(r.a), r.value), medianOf(s.of(r.b), r.value)
+		ratio := a / b
+		verdict := ""
+		switch {
+		case r.target == 0:
+		case r.higher && ratio >= r.target, !r.higher && ratio <= r.target:
+			verdict = fmt.Sprintf(" (target %s %.2f: met)", map[bool]string{true: "≥", false: "≤"}[r.higher], r.target)
+		default:
+			verdict = fmt.Sprintf(" (target %s %.2f: MISSED)", map[bool]string{true: "≥", false: "≤"}[r.higher], r.target)
+		}
+		fmt.Fprintf(w, "- %s / %s, median %s: **%.2f**%s\n", r.a, r.b, r.what, ratio, verdict)
+	}
+	for _, l := range s.limits {
+		value := medianOf(s.of(l.tool), l.value)
+		verdict := "met"
+		if value >= l.limit {
+			verdict = "MISSED"
+		}
+		fmt.Fprintf(w, "- %s, median %s: **%s**, max %s (target < %s: %s)\n", l.tool, l.what, l.format(value),
+			l.format(maxOf(s.of(l.tool), l.value)), l.format(l.limit), verdict)
+	}
+	for _, line := range s.extra {
+		fmt.Fprintln(w, line)
+	}
+	if len(s.extra) > 0 {
+		fmt.Fprintln(w)
+	}
+	for _, note := range s.notes {
+		fmt.Fprintf(w, "- %s\n", note)
+	}
+
+	if len(s.samples) > 0 {
+		fmt.Fprint(w, "\n<details><summary>every run</summary>\n\n")
+		fmt.Fprintln(w, "| run | client | wall | client CPU | server CPU | server peak RSS |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|")
+		for _, sample := range s.samples {
+			fmt.Fprintf(w, "| %d | %s | %s | %s | %.2f s | %s |\n", sample.Run, sample.Tool, formatLatency(sample.Wall),
+				formatLatency(sample.CPU()), sample.ServerCPU.Seconds(), formatMiB(float64(sample.ServerPeakRSS)))
+		}
+		fmt.Fprint(w, "\n</details>\n")
+	}
+}
