@@ -13,9 +13,9 @@ import (
 // ratioTarget compares the medians of two clients. A zero target means the ratio is
 // reported without a target.
 type ratioTarget struct {
-	what  string
-	a, b  string
-	value func(Sample) float64
+	metric string
+	a, b   string
+	value  func(Sample) float64
 	// target is the bound on median(a)/median(b): a maximum, or a minimum when higher is set.
 	target float64
 	higher bool
@@ -206,7 +206,7 @@ func writeScenario(w io.Writer, s *scenario) {
 		default:
 			verdict = fmt.Sprintf(" (target %s %.2f: MISSED)", map[bool]string{true: "≥", false: "≤"}[r.higher], r.target)
 		}
-		fmt.Fprintf(w, "- %s / %s, median %s: **%.2f**%s\n", r.a, r.b, r.what, ratio, verdict)
+		fmt.Fprintf(w, "- %s / %s, median %s: **%.2f**%s\n", r.a, r.b, r.metric, ratio, verdict)
 	}
 	for _, l := range s.limits {
 		value := medianOf(s.of(l.tool), l.value)
