@@ -75,21 +75,6 @@ func (c *repoClient) do(ctx context.Context, build func() (*http.Request, error)
 	}
 }
 
-// ping requests /v2/ so that the auth transport learns the registry's challenge before the
-// first request with a body that cannot be replayed.
-func (c *repoClient) ping(ctx context.Context) error {
-	u := *c.base
-	u.Path = "/v2/"
-	res, err := c.do(ctx, func() (*http.Request, error) {
-		return http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	}, http.StatusOK, http.StatusUnauthorized)
-	if err != nil {
-		return err
-	}
-	drain(res)
-	return nil
-}
-
 // blobExists checks for a blob with HEAD. Some registries respond to HEAD with 401, 403
 // or 405 even with a valid token. Then a one-byte ranged GET decides, and if that is
 // rejected too, the blob counts as missing, so it is uploaded.

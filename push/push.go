@@ -65,6 +65,8 @@ type destination struct {
 	// blob and child manifest too: a registry accepts a manifest only after the content
 	// it references.
 	complete bool
+	// currentTags are tags found pointing at the root manifest already.
+	currentTags map[string]bool
 
 	mu      sync.Mutex
 	missing map[digest.Digest]bool
@@ -129,7 +131,7 @@ func Push(ctx context.Context, req *image.Request, strategy Strategy, opts ...Op
 			return nil, err
 		}
 	}
-	if err := p.connect(ctx); err != nil {
+	if err := p.connect(); err != nil {
 		return nil, err
 	}
 
@@ -226,21 +228,20 @@ func (p *pusher) verifyLocalFiles(blobs []ocispec.Descriptor) error {
 	return nil
 }
 
-// connect makes a client per destination and pings each registry, so that bad
-// credentials or an unreachable host fail before any upload starts.
-func (p *pusher) connect(ctx context.Context) error {
+// connect makes a client per destination. No request is sent yet: the first one, a
+// HEAD of the image at every destination, also learns each registry's auth challenge
+// before any request with a body that cannot be replayed.
+func (p *pusher) connect() error {
 	for _, dest := range p.req.Destinations {
 		client, err := p.newRepoClient(dest)
 		if err != nil {
 			return err
 		}
-		if err := client.ping(ctx); err != nil {
-			return fmt.Errorf("push to %s: connecting: %w", dest, err)
-		}
 		p.dests = append(p.dests, &destination{
 			Destination: dest,
 			client:      client,
 			missing:     map[digest.Digest]bool{},
+			currentTags: map[string]bool{},
 			result:      &DestinationResult{Registry: dest.Registry, Repository: dest.Repository},
 		})
 	}
@@ -319,14 +320,26 @@ func (p *pusher) checkBlobs(ctx context.Context, blobs []ocispec.Descriptor, pre
 }
 
 // checkRoots finds out, for every destination in parallel, whether it has the root
-// manifest.
-// A re-push of an image that is there then costs one request per destination and tag,
-// not one per blob.
+// manifest. When the first tag already points at it, that one request answers both
+// questions, so a re-push of an unchanged image costs one request per tag and
+// destination, not one per blob.
 func (p *pusher) checkRoots(ctx context.Context) error {
 	root := p.req.Image.Root
 	group, ctx := errgroup.WithContext(ctx)
 	for _, dest := range p.dests {
 		group.Go(func() error {
+			if len(dest.Tags) > 0 {
+				tag := dest.Tags[0]
+				current, err := dest.client.manifestDigest(ctx, tag, root.MediaType)
+				if err != nil {
+					return &StepError{Destination: dest.String(), Object: "tag " + tag, Step: "reading where it points", Err: err}
+				}
+				if current == root.Digest {
+					dest.complete = true
+					dest.currentTags[tag] = true
+					return nil
+				}
+			}
 			existing, err := dest.client.manifestDigest(ctx, root.Digest.String(), root.MediaType)
 			if err != nil {
 				return &StepError{Destination: dest.String(), Object: "manifest " + root.Digest.String(), Step: "checking whether it exists", Err: err}
@@ -397,6 +410,10 @@ func (p *pusher) pushManifestsTo(ctx context.Context, dest *destination, order [
 	root := p.req.Image.Root
 	dest.result.Reference = fmt.Sprintf("%s/%s@%s", dest.Registry, dest.Repository, root.Digest)
 	for _, tag := range dest.Tags {
+		if dest.currentTags[tag] {
+			dest.result.Tags = append(dest.result.Tags, fmt.Sprintf("%s/%s:%s", dest.Registry, dest.Repository, tag))
+			continue
+		}
 		current, err := dest.client.manifestDigest(ctx, tag, root.MediaType)
 		if err != nil {
 			return &StepError{Destination: dest.String(), Object: "tag " + tag, Step: "reading where it points", Err: err}

@@ -115,6 +115,7 @@ func TestPushRepushUploadsNothing(t *testing.T) {
 	}
 	firstUploads := proxy.Count("POST", "/blobs/uploads/")
 	firstManifestPuts := proxy.Count("PUT", "/manifests/")
+	firstRequests := len(proxy.Requests())
 
 	result, err := pushLayout(t, info.Dir, []string{ref})
 	if err != nil {
@@ -131,6 +132,9 @@ func TestPushRepushUploadsNothing(t *testing.T) {
 	}
 	if got := result.Destinations[0].BlobsUploaded; got != 0 {
 		t.Errorf("result says %d blobs uploaded, want 0", got)
+	}
+	if got := len(proxy.Requests()) - firstRequests; got != 1 {
+		t.Errorf("re-push to the same tag sent %d requests, want 1 (HEAD of the tag)", got)
 	}
 
 	// The registry has the manifest, so a push to a new tag checks no blob at all.
