@@ -40,9 +40,10 @@ func (b *bench) besLoad() error {
 	if err != nil {
 		return err
 	}
-	s.setup = append(s.setup, fmt.Sprintf("captured stream: %d events from %s, replayed as a new invocation per round; "+
-		"the URIs of its %d push request files point at a copy of $WORK/get-request.json with strategy lazy in the cache, so every push job reads it and ends as skipped",
-		len(events), b.besStream, rewritten))
+	s.setup = append(s.setup,
+		fmt.Sprintf("captured stream: %d events from %s, replayed as a new invocation per round.", len(events), b.besStream),
+		fmt.Sprintf("The URIs of its %d push request files point at a copy of $WORK/get-request.json with strategy lazy in the cache, "+
+			"so every push job reads it and ends as skipped.", rewritten))
 
 	var bes *server
 	var addr string
