@@ -1,8 +1,8 @@
 // Command registrybench measures `img registry`, cas_registry pushes and `img bes` against
-// the CNCF distribution registry and bazel-remote. It measures crane push throughput, blob
-// GET throughput from the remote cache store, the registry's peak RSS during a 2 GiB
-// upload, cas_registry push time for a small and a large image, and the Build Event
-// Service's acknowledgement latency at a fixed event rate. Every server binds 127.0.0.1 on
+// the CNCF distribution registry and bazel-remote. The comparisons are crane push
+// throughput, blob GET throughput from the remote cache store, and the registry's peak RSS
+// during a 2 GiB upload. It also times cas_registry pushes of a small and a large image and
+// the Build Event Service's acknowledgement latency at a fixed event rate. Every server binds 127.0.0.1 on
 // a free port. Runs are interleaved, and the Markdown report on stdout gives medians.
 // Progress goes to stderr.
 //

@@ -24,7 +24,7 @@ type ratioTarget struct {
 // limitTarget is an absolute bound on the median of one client's samples.
 type limitTarget struct {
 	tool   string
-	what   string
+	metric string
 	value  func(Sample) float64
 	limit  float64
 	format func(float64) string
@@ -214,7 +214,7 @@ func writeScenario(w io.Writer, s *scenario) {
 		if value >= l.limit {
 			verdict = "MISSED"
 		}
-		fmt.Fprintf(w, "- %s, median %s: **%s**, max %s (target < %s: %s)\n", l.tool, l.what, l.format(value),
+		fmt.Fprintf(w, "- %s, median %s: **%s**, max %s (target < %s: %s)\n", l.tool, l.metric, l.format(value),
 			l.format(maxOf(s.of(l.tool), l.value)), l.format(l.limit), verdict)
 	}
 	for _, line := range s.extra {
