@@ -77,3 +77,20 @@ func TestUploadGroupRetriesAfterFailure(t *testing.T) {
 		t.Error("after the first upload failed, the waiter did not upload itself")
 	}
 }
+
+func TestChunkSize(t *testing.T) {
+	cases := []struct {
+		requested, announced, want int64
+	}{
+		{0, 0, 0},
+		{1 << 20, 0, 1 << 20},
+		{1 << 20, 5 << 20, 5 << 20},
+		{0, 5 << 20, 64 << 20},
+		{0, 100 << 20, 100 << 20},
+	}
+	for _, tc := range cases {
+		if got := chunkSize(tc.requested, tc.announced); got != tc.want {
+			t.Errorf("chunkSize(%d, %d) = %d, want %d", tc.requested, tc.announced, got, tc.want)
+		}
+	}
+}

@@ -180,10 +180,7 @@ func (p *pusher) upload(ctx context.Context, desc ocispec.Descriptor, dest *dest
 			return step("starting the upload", err)
 		}
 	}
-	chunk := p.opts.chunkSize
-	if session.minChunk > 0 && session.minChunk > chunk {
-		chunk = session.minChunk
-	}
+	chunk := chunkSize(p.opts.chunkSize, session.minChunk)
 
 	reauthenticated := false
 	for attempt := 0; ; attempt++ {
@@ -274,4 +271,22 @@ func (p *pusher) explainDigestInvalid(desc ocispec.Descriptor, err error) error 
 		return err
 	}
 	return fmt.Errorf("the registry computed another digest than %s for the bytes of %s; the file is corrupt or stale, so rebuild the image (img push --verify checks local files before sending): %w", desc.Digest, p.strategy.Source.Describe(desc), err)
+}
+
+// announcedChunkFloor is the smallest chunk img sends to a registry that announces
+// OCI-Chunk-Min-Length when the user set no --chunk-size. The header sets a minimum, and
+// chunks of exactly that size (often 5 MiB) would cost a round trip per few megabytes.
+const announcedChunkFloor = 64 << 20
+
+// chunkSize returns the PATCH size for an upload: 0 (one PATCH for the whole blob) unless
+// the user asked for chunks or the registry announced a minimum chunk length, and never
+// below that minimum.
+func chunkSize(requested, announced int64) int64 {
+	switch {
+	case requested > 0:
+		return max(requested, announced)
+	case announced > 0:
+		return max(announced, announcedChunkFloor)
+	}
+	return 0
 }

@@ -147,8 +147,8 @@ func TestCASRegistryPushMissingBlob(t *testing.T) {
 	}
 }
 
-// TestPushToImgRegistry pushes to img registry, which sends relative Location headers
-// and announces OCI-Chunk-Min-Length, so the push takes the chunked path.
+// TestPushToImgRegistry pushes to img registry, which sends relative Location headers and
+// announces OCI-Chunk-Min-Length, in chunks of the announced 1 MiB.
 func TestPushToImgRegistry(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts img registry")
@@ -156,7 +156,7 @@ func TestPushToImgRegistry(t *testing.T) {
 	registryURL := startImgRegistry(t, "--chunk-min-length", fmt.Sprint(1<<20))
 	host := strings.TrimPrefix(registryURL, "http://")
 	info := testpeer.WriteLayout(t, t.TempDir(), testpeer.LayoutSpec{Layers: []int64{3<<20 + 17, 1 << 10}, RawLayers: true})
-	if _, stderr, err := runImg(t, nil, "push", info.Dir, host+"/own/app:v1"); err != nil {
+	if _, stderr, err := runImg(t, nil, "push", info.Dir, host+"/own/app:v1", "--chunk-size", "1"); err != nil {
 		t.Fatalf("push: %v\n%s", err, stderr)
 	}
 	if got := testpeer.Crane(t, "digest", host+"/own/app:v1"); got != info.RootDigest().String() {

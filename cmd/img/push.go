@@ -78,7 +78,7 @@ Strategies (--strategy, default from the push request, else eager):
 	flags.StringVar(&f.repository, "repository", "", "repository that replaces the push request's repository at every destination")
 	flags.IntVarP(&f.jobs, "jobs", "j", 4, "number of blobs uploaded at once")
 	flags.IntVar(&f.retries, "retries", 5, "retries of a failed request (408, 429, 5xx, resets, timeouts) with exponential backoff")
-	flags.Int64Var(&f.chunkSize, "chunk-size", 0, "upload blobs in PATCH chunks of this many bytes (0 = one PATCH per blob unless the registry sets OCI-Chunk-Min-Length)")
+	flags.Int64Var(&f.chunkSize, "chunk-size", 0, "upload blobs in PATCH chunks of this many bytes (0 = one PATCH per blob, or 64 MiB chunks when the registry sets OCI-Chunk-Min-Length; never below that minimum)")
 	flags.BoolVar(&f.verify, "verify", false, "hash local blobs before sending them (the registry verifies digests anyway)")
 	flags.StringArrayVar(&f.insecure, "insecure-registry", nil, "registry host[:port] to reach over plain HTTP or unverified TLS (repeatable; loopback hosts always use plain HTTP)")
 	flags.StringVar(&f.refsFile, "refs-file", "", "write the pushed references and per-destination results to this file as JSON")
