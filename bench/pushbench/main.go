@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/rulesimg/img/bench/internal/benchkit"
 )
 
 func main() {
@@ -86,7 +88,7 @@ func run(b *bench, scenarios []string, keep bool) error {
 		}
 	}
 
-	machine = append(machine, "- load average (1, 5, 15 min) at the end: "+loadAverage())
+	machine = append(machine, "- load average (1, 5, 15 min) at the end: "+benchkit.LoadAverage())
 	writeReport(os.Stdout, machine, b.results)
 	return nil
 }

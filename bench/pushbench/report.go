@@ -3,69 +3,26 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
-	"os/exec"
 	"runtime"
-	"strings"
 	"time"
+
+	"github.com/rulesimg/img/bench/internal/benchkit"
 )
 
 // describeMachine returns Markdown lines on the machine and the versions of every tool.
 func describeMachine(b *bench) []string {
-	memory := "unknown"
-	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
-		for _, line := range strings.Split(string(data), "\n") {
-			if value, ok := strings.CutPrefix(line, "MemTotal:"); ok {
-				memory = strings.TrimSpace(value)
-			}
-		}
-	}
-	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	cpuModel := "unknown"
-	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, line := range strings.Split(string(data), "\n") {
-			if value, ok := strings.CutPrefix(line, "model name"); ok {
-				cpuModel = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(value), ":"))
-				break
-			}
-		}
-	}
-
-	version := func(args ...string) string {
-		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-		if err != nil {
-			return "unknown (" + err.Error() + ")"
-		}
-		return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
-	}
-
-	commit := version("git", "rev-parse", "--short", "HEAD")
-	if status, err := exec.Command("git", "status", "--porcelain").Output(); err == nil && len(status) > 0 {
-		commit += ", with uncommitted changes in the working tree"
-	}
-
 	return []string{
 		"- date: " + time.Now().UTC().Format("2006-01-02 15:04 MST"),
-		fmt.Sprintf("- machine: %d CPUs (%s), %s memory, Linux %s", runtime.NumCPU(), cpuModel, memory, strings.TrimSpace(string(kernel))),
-		"- load average (1, 5, 15 min) at the start: " + loadAverage(),
+		fmt.Sprintf("- machine: %d CPUs (%s), %s memory, Linux %s", runtime.NumCPU(), benchkit.CPUModel(), benchkit.MemTotal(), benchkit.KernelRelease()),
+		"- load average (1, 5, 15 min) at the start: " + benchkit.LoadAverage(),
 		"- Go: " + runtime.Version(),
-		"- img: " + version(b.img, "version") + ", built from commit " + commit,
-		"- crane: " + version(b.tool("crane"), "version"),
-		"- regctl: " + version(b.tool("regctl"), "version", "--format", "{{.VCSTag}}"),
-		"- skopeo: " + version("skopeo", "--version"),
-		"- registry: " + version(b.tool("registry"), "--version"),
-		"- curl: " + version("curl", "--version"),
+		"- img: " + benchkit.Version(b.img, "version") + ", built from commit " + benchkit.Commit(),
+		"- crane: " + benchkit.Version(b.tool("crane"), "version"),
+		"- regctl: " + benchkit.Version(b.tool("regctl"), "version", "--format", "{{.VCSTag}}"),
+		"- skopeo: " + benchkit.Version("skopeo", "--version"),
+		"- registry: " + benchkit.Version(b.tool("registry"), "--version"),
+		"- curl: " + benchkit.Version("curl", "--version"),
 	}
-}
-
-// loadAverage returns the first three fields of /proc/loadavg. Other work on the machine
-// shows there, and it slows every client alike only if it stays steady.
-func loadAverage() string {
-	data, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	return strings.Join(strings.Fields(string(data))[:3], " ")
 }
 
 // writeReport writes the machine, then per comparison the commands, a table of medians, the
@@ -112,13 +69,13 @@ func writeMedians(w io.Writer, s *scenario) {
 		if len(samples) == 0 {
 			continue
 		}
-		walls := column(samples, func(x Sample) time.Duration { return x.Wall })
+		walls := column(samples, func(x benchkit.Sample) time.Duration { return x.Wall })
 		fmt.Fprintf(w, "| %s | %d | %s | %s–%s | %s | %s | %s | %s |\n", tool, len(samples),
-			seconds(median(walls)), seconds(minOf(walls)), seconds(maxOf(walls)),
-			seconds(median(column(samples, Sample.CPU))),
-			mebibytes(median(column(samples, func(x Sample) int64 { return x.MaxRSS }))),
-			mebibytes(median(column(samples, func(x Sample) int64 { return x.WriteBytes }))),
-			seconds(median(column(samples, func(x Sample) time.Duration { return x.ServerCPU }))))
+			seconds(benchkit.Median(walls)), seconds(minOf(walls)), seconds(maxOf(walls)),
+			seconds(benchkit.Median(column(samples, benchkit.Sample.CPU))),
+			mebibytes(benchkit.Median(column(samples, func(x benchkit.Sample) int64 { return x.MaxRSS }))),
+			mebibytes(benchkit.Median(column(samples, func(x benchkit.Sample) int64 { return x.WriteBytes }))),
+			seconds(benchkit.Median(column(samples, func(x benchkit.Sample) time.Duration { return x.ServerCPU }))))
 	}
 }
 
@@ -127,11 +84,11 @@ type ratioTarget struct {
 	what        string
 	numerator   string
 	denominator string
-	value       func(Sample) time.Duration
+	value       func(benchkit.Sample) time.Duration
 	target      float64
 }
 
-func wallTime(s Sample) time.Duration {
+func wallTime(s benchkit.Sample) time.Duration {
 	return s.Wall
 }
 
@@ -141,13 +98,13 @@ func writeRatios(w io.Writer, s *scenario) {
 		if len(num) == 0 || len(den) == 0 {
 			continue
 		}
-		ratio := float64(median(column(num, r.value))) / float64(median(column(den, r.value)))
+		ratio := float64(benchkit.Median(column(num, r.value))) / float64(benchkit.Median(column(den, r.value)))
 		fmt.Fprintf(w, "- %s / %s, median %s: **%.2f** (target ≤ %.1f: %s)\n", r.numerator, r.denominator, r.what, ratio, r.target, verdict(ratio <= r.target))
 	}
 
 	if lazy := s.of("img push --strategy lazy"); len(lazy) > 0 {
-		rss := median(column(lazy, func(x Sample) int64 { return x.MaxRSS }))
-		writes := maxOf(column(lazy, func(x Sample) int64 { return x.WriteBytes }))
+		rss := benchkit.Median(column(lazy, func(x benchkit.Sample) int64 { return x.MaxRSS }))
+		writes := maxOf(column(lazy, func(x benchkit.Sample) int64 { return x.WriteBytes }))
 		fmt.Fprintf(w, "- img lazy peak RSS, median: **%s** (target < 100 MiB: %s)\n", mebibytes(rss), verdict(rss < 100<<20))
 		fmt.Fprintf(w, "- img lazy disk writes, max over runs: **%d bytes** (target: no layer bytes: %s)\n", writes, verdict(writes < 1<<20))
 	}
@@ -173,7 +130,7 @@ func writeSamples(w io.Writer, s *scenario) {
 	fmt.Fprintln(w, "</details>")
 }
 
-func column[T int64 | time.Duration](samples []Sample, value func(Sample) T) []T {
+func column[T int64 | time.Duration](samples []benchkit.Sample, value func(benchkit.Sample) T) []T {
 	out := make([]T, len(samples))
 	for i, s := range samples {
 		out[i] = value(s)
@@ -205,5 +162,5 @@ func seconds(d time.Duration) string {
 }
 
 func mebibytes(n int64) string {
-	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	return benchkit.FormatMiB(float64(n))
 }

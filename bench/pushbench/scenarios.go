@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rulesimg/img/bench/internal/benchkit"
 	"github.com/rulesimg/img/internal/testpeer"
 )
 
@@ -33,25 +34,19 @@ type scenario struct {
 	setup    []string
 	commands map[string]string // tool name → example command line, ports of the last run
 	order    []string          // tool names in report order
-	samples  []Sample
+	samples  []benchkit.Sample
 	ratios   []ratioTarget
 	notes    []string
 }
 
-func (s *scenario) add(sample Sample) {
+func (s *scenario) add(sample benchkit.Sample) {
 	s.samples = append(s.samples, sample)
 	fmt.Fprintf(os.Stderr, "pushbench: %-28s run %d: wall %6.2fs  cpu %6.2fs  rss %4d MiB  writes %5d MiB  server cpu %6.2fs\n",
 		sample.Tool, sample.Run, sample.Wall.Seconds(), sample.CPU().Seconds(), sample.MaxRSS>>20, sample.WriteBytes>>20, sample.ServerCPU.Seconds())
 }
 
-func (s *scenario) of(tool string) []Sample {
-	var out []Sample
-	for _, sample := range s.samples {
-		if sample.Tool == tool {
-			out = append(out, sample)
-		}
-	}
-	return out
+func (s *scenario) of(tool string) []benchkit.Sample {
+	return benchkit.SamplesOf(s.samples, tool)
 }
 
 func (b *bench) tool(name string) string {
@@ -63,34 +58,34 @@ type eagerClient struct {
 	name string
 	// command prepares the tool's state for a cold push to reg (outside the timing) and
 	// returns the push command.
-	command func(b *bench, layout string, reg *registry) (command, error)
+	command func(b *bench, layout string, reg *benchkit.Registry) (benchkit.Command, error)
 }
 
 var eagerClients = []eagerClient{
-	{"img push", func(b *bench, layout string, reg *registry) (command, error) {
-		return command{args: []string{b.img, "push", layout, reg.addr + "/bench:latest"}}, nil
+	{"img push", func(b *bench, layout string, reg *benchkit.Registry) (benchkit.Command, error) {
+		return benchkit.Command{Args: []string{b.img, "push", layout, reg.Addr + "/bench:latest"}}, nil
 	}},
-	{"crane push", func(b *bench, layout string, reg *registry) (command, error) {
-		return command{args: []string{b.tool("crane"), "push", layout, reg.addr + "/bench:latest", "--insecure"}}, nil
+	{"crane push", func(b *bench, layout string, reg *benchkit.Registry) (benchkit.Command, error) {
+		return benchkit.Command{Args: []string{b.tool("crane"), "push", layout, reg.Addr + "/bench:latest", "--insecure"}}, nil
 	}},
-	{"regctl image copy", func(b *bench, layout string, reg *registry) (command, error) {
+	{"regctl image copy", func(b *bench, layout string, reg *benchkit.Registry) (benchkit.Command, error) {
 		config := filepath.Join(b.work, "regctl", "config.json")
 		if err := os.MkdirAll(filepath.Dir(config), 0o755); err != nil {
-			return command{}, err
+			return benchkit.Command{}, err
 		}
 		os.Remove(config)
 		env := []string{"REGCTL_CONFIG=" + config}
-		set := command{args: []string{b.tool("regctl"), "registry", "set", "--tls", "disabled", reg.addr}, env: env, log: b.clientLog}
-		if _, err := measure(set); err != nil {
-			return command{}, err
+		set := benchkit.Command{Args: []string{b.tool("regctl"), "registry", "set", "--tls", "disabled", reg.Addr}, Env: env, Log: b.clientLog}
+		if _, err := benchkit.Measure(set); err != nil {
+			return benchkit.Command{}, err
 		}
-		return command{args: []string{b.tool("regctl"), "image", "copy", "ocidir://" + layout, reg.addr + "/bench:latest"}, env: env}, nil
+		return benchkit.Command{Args: []string{b.tool("regctl"), "image", "copy", "ocidir://" + layout, reg.Addr + "/bench:latest"}, Env: env}, nil
 	}},
-	{"skopeo copy", func(b *bench, layout string, reg *registry) (command, error) {
+	{"skopeo copy", func(b *bench, layout string, reg *benchkit.Registry) (benchkit.Command, error) {
 		if err := os.Remove(skopeoBlobInfoCache); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return command{}, fmt.Errorf("clear skopeo's blob-info cache: %w", err)
+			return benchkit.Command{}, fmt.Errorf("clear skopeo's blob-info cache: %w", err)
 		}
-		return command{args: []string{"skopeo", "copy", "--dest-tls-verify=false", "oci:" + layout, "docker://" + reg.addr + "/bench:latest"}}, nil
+		return benchkit.Command{Args: []string{"skopeo", "copy", "--dest-tls-verify=false", "oci:" + layout, "docker://" + reg.Addr + "/bench:latest"}}, nil
 	}},
 }
 
@@ -101,16 +96,19 @@ func (b *bench) eager() error {
 
 	layoutDir := filepath.Join(b.work, "eager-layout")
 	start := time.Now()
-	layout := writeLayout(layoutDir, 10, 1<<30, 1)
+	layout, err := benchkit.WriteLayout(layoutDir, 10, 1<<30, 1)
+	if err != nil {
+		return err
+	}
 	s.setup = append(s.setup, fmt.Sprintf("layout: %d blobs, %d bytes, written in %.1fs (Go program, testpeer.WriteLayout)",
-		len(layout.Blobs), blobsSize(layout), time.Since(start).Seconds()))
+		len(layout.Blobs), benchkit.BlobsSize(layout), time.Since(start).Seconds()))
 
 	for _, client := range eagerClients {
 		s.order = append(s.order, client.name)
 	}
 	s.ratios = []ratioTarget{
 		{"wall", "img push", "crane push", wallTime, 1.0},
-		{"client CPU", "img push", "crane push", Sample.CPU, 1.2},
+		{"client CPU", "img push", "crane push", benchkit.Sample.CPU, 1.2},
 	}
 	for run := 1; run <= b.runs; run++ {
 		for i := range eagerClients {
@@ -124,18 +122,18 @@ func (b *bench) eager() error {
 }
 
 func (b *bench) eagerRun(s *scenario, client eagerClient, layout testpeer.LayoutInfo, run int) error {
-	reg, err := startRegistry(b.tool("registry"), filepath.Join(b.work, "registry"))
+	reg, err := benchkit.StartDistribution(b.tool("registry"), filepath.Join(b.work, "registry"))
 	if err != nil {
 		return err
 	}
-	defer reg.stopAndRemove()
+	defer reg.StopAndRemove()
 
 	cmd, err := client.command(b, layout.Dir, reg)
 	if err != nil {
 		return err
 	}
-	cmd.log = b.clientLog
-	sample, err := measure(cmd, reg.pid())
+	cmd.Log = b.clientLog
+	sample, err := benchkit.Measure(cmd, reg.PID())
 	if err != nil {
 		return err
 	}
@@ -148,8 +146,8 @@ func (b *bench) eagerRun(s *scenario, client eagerClient, layout testpeer.Layout
 
 // checkPushed fails unless the registry has bench:latest, and notes a digest other than the
 // layout's (a tool that rewrote the manifest).
-func (b *bench) checkPushed(s *scenario, reg *registry, tool string, layout testpeer.LayoutInfo) error {
-	got, err := reg.manifestDigest("bench", "latest")
+func (b *bench) checkPushed(s *scenario, reg *benchkit.Registry, tool string, layout testpeer.LayoutInfo) error {
+	got, err := reg.ManifestDigest("bench", "latest")
 	if err != nil {
 		return fmt.Errorf("push reported success, but: %w", err)
 	}
@@ -177,25 +175,28 @@ func (b *bench) noop() error {
 		{"wall", "img push, new tag", "crane push, new tag", wallTime, 0.5},
 	}
 
-	layout := writeLayout(filepath.Join(b.work, "noop-layout"), 100, 100*64<<10, 2)
-	reg, err := startRegistry(b.tool("registry"), filepath.Join(b.work, "noop-registry"))
+	layout, err := benchkit.WriteLayout(filepath.Join(b.work, "noop-layout"), 100, 100*64<<10, 2)
 	if err != nil {
 		return err
 	}
-	defer reg.stopAndRemove()
+	reg, err := benchkit.StartDistribution(b.tool("registry"), filepath.Join(b.work, "noop-registry"))
+	if err != nil {
+		return err
+	}
+	defer reg.StopAndRemove()
 
-	pushCommand := func(tool, tag string) command {
-		ref := reg.addr + "/bench:" + tag
+	pushCommand := func(tool, tag string) benchkit.Command {
+		ref := reg.Addr + "/bench:" + tag
 		if strings.HasPrefix(tool, "img") {
-			return command{args: []string{b.img, "push", layout.Dir, ref}, log: b.clientLog}
+			return benchkit.Command{Args: []string{b.img, "push", layout.Dir, ref}, Log: b.clientLog}
 		}
-		return command{args: []string{b.tool("crane"), "push", layout.Dir, ref, "--insecure"}, log: b.clientLog}
+		return benchkit.Command{Args: []string{b.tool("crane"), "push", layout.Dir, ref, "--insecure"}, Log: b.clientLog}
 	}
 
-	if _, err := measure(pushCommand("crane push", "latest")); err != nil {
+	if _, err := benchkit.Measure(pushCommand("crane push", "latest")); err != nil {
 		return fmt.Errorf("first push: %w", err)
 	}
-	s.setup = append(s.setup, fmt.Sprintf("layout: %d blobs, %d bytes; pushed once with crane before the timed runs", len(layout.Blobs), blobsSize(layout)))
+	s.setup = append(s.setup, fmt.Sprintf("layout: %d blobs, %d bytes; pushed once with crane before the timed runs", len(layout.Blobs), benchkit.BlobsSize(layout)))
 
 	for run := 1; run <= b.noopRuns; run++ {
 		for i := range s.order {
@@ -205,7 +206,7 @@ func (b *bench) noop() error {
 				tag = fmt.Sprintf("run%d-%s", run, strings.Fields(tool)[0])
 			}
 			cmd := pushCommand(tool, tag)
-			sample, err := measure(cmd, reg.pid())
+			sample, err := benchkit.Measure(cmd, reg.PID())
 			if err != nil {
 				return fmt.Errorf("%s, run %d: %w", tool, run, err)
 			}
@@ -226,21 +227,24 @@ func (b *bench) lazy() error {
 	s.ratios = []ratioTarget{{"wall", "img push --strategy lazy", "naive: curl + crane push", wallTime, 0.6}}
 
 	start := time.Now()
-	layout := writeLayout(filepath.Join(b.work, "lazy-layout"), 10, 2<<30, 3)
-	s.setup = append(s.setup, fmt.Sprintf("layout: %d blobs, %d bytes, written in %.1fs", len(layout.Blobs), blobsSize(layout), time.Since(start).Seconds()))
+	layout, err := benchkit.WriteLayout(filepath.Join(b.work, "lazy-layout"), 10, 2<<30, 3)
+	if err != nil {
+		return err
+	}
+	s.setup = append(s.setup, fmt.Sprintf("layout: %d blobs, %d bytes, written in %.1fs", len(layout.Blobs), benchkit.BlobsSize(layout), time.Since(start).Seconds()))
 
-	cache, err := startBazelRemote(b.tool("bazel-remote"), filepath.Join(b.work, "bazel-remote"))
+	cache, err := benchkit.StartBazelRemote(b.tool("bazel-remote"), filepath.Join(b.work, "bazel-remote"), 10)
 	if err != nil {
 		return err
 	}
 	defer func() {
-		cache.stop()
+		cache.Stop()
 		os.RemoveAll(filepath.Join(b.work, "bazel-remote"))
 	}()
 
 	request := filepath.Join(b.work, "lazy-request.json")
-	upload := command{args: []string{b.img, "cas", "upload", layout.Dir, "--remote-cache", "grpc://" + cache.grpcAddr, "--output", request}, log: b.clientLog}
-	sample, err := measure(upload, cache.pid())
+	upload := benchkit.Command{Args: []string{b.img, "cas", "upload", layout.Dir, "--remote-cache", cache.Endpoint(), "--output", request}, Log: b.clientLog}
+	sample, err := benchkit.Measure(upload, cache.PID())
 	if err != nil {
 		return fmt.Errorf("upload to the cache: %w", err)
 	}
@@ -250,10 +254,8 @@ func (b *bench) lazy() error {
 	// img cas upload keeps the manifests and configs as local files in the request, as a
 	// Bazel build without the bytes has them, and the layers only in the cache. Deleting the
 	// layer files proves that the lazy push does not read them.
-	for _, layer := range layout.Layers {
-		if err := os.Remove(layout.BlobPath(layer.Digest)); err != nil {
-			return err
-		}
+	if err := benchkit.RemoveLayers(layout); err != nil {
+		return err
 	}
 
 	for run := 1; run <= b.runs; run++ {
@@ -276,18 +278,18 @@ func (b *bench) lazy() error {
 	return nil
 }
 
-func (b *bench) lazyImg(s *scenario, cache *bazelRemote, request string, layout testpeer.LayoutInfo, run int) error {
-	reg, err := startRegistry(b.tool("registry"), filepath.Join(b.work, "registry"))
+func (b *bench) lazyImg(s *scenario, cache *benchkit.BazelRemote, request string, layout testpeer.LayoutInfo, run int) error {
+	reg, err := benchkit.StartDistribution(b.tool("registry"), filepath.Join(b.work, "registry"))
 	if err != nil {
 		return err
 	}
-	defer reg.stopAndRemove()
+	defer reg.StopAndRemove()
 
-	cmd := command{
-		args: []string{b.img, "push", "--request", request, "--strategy", "lazy", "--remote-cache", "grpc://" + cache.grpcAddr, reg.addr + "/bench:latest"},
-		log:  b.clientLog,
+	cmd := benchkit.Command{
+		Args: []string{b.img, "push", "--request", request, "--strategy", "lazy", "--remote-cache", cache.Endpoint(), reg.Addr + "/bench:latest"},
+		Log:  b.clientLog,
 	}
-	sample, err := measure(cmd, reg.pid(), cache.pid())
+	sample, err := benchkit.Measure(cmd, reg.PID(), cache.PID())
 	if err != nil {
 		return err
 	}
@@ -300,12 +302,12 @@ func (b *bench) lazyImg(s *scenario, cache *bazelRemote, request string, layout 
 // lazyNaive downloads every layer over bazel-remote's HTTP API, four at a time like img's
 // default --jobs, into a new OCI layout with the local manifest and config, and pushes that
 // with crane.
-func (b *bench) lazyNaive(s *scenario, cache *bazelRemote, layout testpeer.LayoutInfo, run int) error {
-	reg, err := startRegistry(b.tool("registry"), filepath.Join(b.work, "registry"))
+func (b *bench) lazyNaive(s *scenario, cache *benchkit.BazelRemote, layout testpeer.LayoutInfo, run int) error {
+	reg, err := benchkit.StartDistribution(b.tool("registry"), filepath.Join(b.work, "registry"))
 	if err != nil {
 		return err
 	}
-	defer reg.stopAndRemove()
+	defer reg.StopAndRemove()
 
 	dir := filepath.Join(b.work, "naive-layout")
 	defer os.RemoveAll(dir)
@@ -313,25 +315,25 @@ func (b *bench) lazyNaive(s *scenario, cache *bazelRemote, layout testpeer.Layou
 		return err
 	}
 
-	curl := command{args: []string{"curl", "--silent", "--show-error", "--fail", "--parallel", "--parallel-max", "4"}, log: b.clientLog}
+	curl := benchkit.Command{Args: []string{"curl", "--silent", "--show-error", "--fail", "--parallel", "--parallel-max", "4"}, Log: b.clientLog}
 	for _, layer := range layout.Layers {
 		path := filepath.Join(dir, "blobs", "sha256", layer.Digest.Encoded())
-		curl.args = append(curl.args, "--output", path, "http://"+cache.httpAddr+"/cas/"+layer.Digest.Encoded())
+		curl.Args = append(curl.Args, "--output", path, "http://"+cache.HTTPAddr+"/cas/"+layer.Digest.Encoded())
 	}
-	download, err := measure(curl, cache.pid())
+	download, err := benchkit.Measure(curl, cache.PID())
 	if err != nil {
 		return err
 	}
 
-	crane := command{args: []string{b.tool("crane"), "push", dir, reg.addr + "/bench:latest", "--insecure"}, log: b.clientLog}
-	push, err := measure(crane, reg.pid())
+	crane := benchkit.Command{Args: []string{b.tool("crane"), "push", dir, reg.Addr + "/bench:latest", "--insecure"}, Log: b.clientLog}
+	push, err := benchkit.Measure(crane, reg.PID())
 	if err != nil {
 		return err
 	}
 
 	download.Tool, download.Run = "naive, step 1: curl", run
 	push.Tool, push.Run = "naive, step 2: crane push", run
-	total := Sample{
+	total := benchkit.Sample{
 		Tool:       "naive: curl + crane push",
 		Run:        run,
 		Wall:       download.Wall + push.Wall,
