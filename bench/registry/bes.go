@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/rulesimg/img/bench/internal/benchkit"
 )
 
 // besLoad starts img bes and replays the captured Bazel event stream at a fixed rate,
@@ -32,7 +34,7 @@ func (b *bench) besLoad() error {
 		return err
 	}
 	s.setup = append(s.setup, notes...)
-	request, err := uploadLazyRequest(cache.endpoint(), image.request)
+	request, err := uploadLazyRequest(cache.Endpoint(), image.request)
 	if err != nil {
 		return err
 	}
@@ -45,28 +47,28 @@ func (b *bench) besLoad() error {
 		fmt.Sprintf("The URIs of its %d push request files point at a copy of $WORK/get-request.json with strategy lazy in the cache, "+
 			"so every push job reads it and ends as skipped.", rewritten))
 
-	var bes *server
+	var bes *benchkit.Server
 	var addr string
-	bes, err = retryPorts(func() (*server, error) {
-		port, err := freePort()
+	bes, err = benchkit.RetryPorts(func() (*benchkit.Server, error) {
+		port, err := benchkit.FreePort()
 		if err != nil {
 			return nil, err
 		}
-		httpPort, err := freePort()
+		httpPort, err := benchkit.FreePort()
 		if err != nil {
 			return nil, err
 		}
 		addr = "127.0.0.1:" + strconv.Itoa(port)
 		dir := filepath.Join(b.work, "bes")
 		args := []string{"bes", "--address", "127.0.0.1", "--port", strconv.Itoa(port), "--http-port", strconv.Itoa(httpPort),
-			"--data-dir", filepath.Join(dir, "data"), "--cas-endpoint", cache.endpoint(), "--log-level", "warn"}
+			"--data-dir", filepath.Join(dir, "data"), "--cas-endpoint", cache.Endpoint(), "--log-level", "warn"}
 		s.commands["img bes"] = "$BIN/img " + joinArgs(args)
-		return startServer("img bes", filepath.Join(b.work, "bes.log"), b.img, args, nil, tcpAccepts(addr))
+		return benchkit.StartServer("img bes", filepath.Join(b.work, "bes.log"), b.img, args, nil, benchkit.TCPAccepts(addr))
 	})
 	if err != nil {
 		return err
 	}
-	defer bes.stop()
+	defer bes.Stop()
 
 	const streams = 4
 	s.extra = append(s.extra,
@@ -77,12 +79,12 @@ func (b *bench) besLoad() error {
 		"|---|---|---|---|---|---|---|---|---|---|")
 
 	phase := func(name string) error {
-		cpu := processCPU([]int{bes.pid()})
+		cpu := benchkit.ProcessCPU([]int{bes.PID()})
 		result, err := replayAtRate(addr, events, b.besRate, duration, streams, "bench-"+name)
 		if err != nil {
 			return err
 		}
-		cpu = processCPU([]int{bes.pid()}) - cpu
+		cpu = benchkit.ProcessCPU([]int{bes.PID()}) - cpu
 		if len(result.Ack) == 0 {
 			return fmt.Errorf("phase %s: no event was acknowledged; first error: %v", name, result.FirstErr)
 		}
@@ -121,13 +123,13 @@ func (b *bench) besLoad() error {
 				return
 			default:
 			}
-			reg, err := startDistribution(b.tool("registry"), filepath.Join(b.work, "bes-push-registry"))
+			reg, err := benchkit.StartDistribution(b.tool("registry"), filepath.Join(b.work, "bes-push-registry"))
 			if err != nil {
 				pushErr = err
 				return
 			}
-			_, err = b.once(b.img, "push", "--request", image.request, "--strategy", "lazy", "--remote-cache", cache.endpoint(), "--registry", reg.addr, "--quiet")
-			reg.stopAndRemove()
+			_, err = b.once(b.img, "push", "--request", image.request, "--strategy", "lazy", "--remote-cache", cache.Endpoint(), "--registry", reg.Addr, "--quiet")
+			reg.StopAndRemove()
 			if err != nil {
 				pushErr = err
 				return
@@ -144,7 +146,7 @@ func (b *bench) besLoad() error {
 	if pushErr != nil {
 		return fmt.Errorf("background push: %w", pushErr)
 	}
-	s.commands["background push"] = fmt.Sprintf("$BIN/img push --request $WORK/get-request.json --strategy lazy --remote-cache %s --registry 127.0.0.1:P --quiet (a new distribution registry each time)", cache.endpoint())
+	s.commands["background push"] = fmt.Sprintf("$BIN/img push --request $WORK/get-request.json --strategy lazy --remote-cache %s --registry 127.0.0.1:P --quiet (a new distribution registry each time)", cache.Endpoint())
 	s.extra = append(s.extra, "", fmt.Sprintf("During the second phase %d lazy pushes of the 1 GiB image finished (the last one may have run past the phase).", pushes))
 	return nil
 }

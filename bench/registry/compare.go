@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/rulesimg/img/bench/internal/benchkit"
 )
 
 const (
@@ -17,15 +19,18 @@ func (b *bench) push() error {
 	s := newScenario("Push throughput: crane push of 1 GiB in 10 layers into an empty registry", imgRegistryName, distributionName)
 	b.results = append(b.results, s)
 
-	layout := writeLayout(filepath.Join(b.work, "push-layout"), 10, 1<<30, 1)
+	layout, err := benchkit.WriteLayout(filepath.Join(b.work, "push-layout"), 10, 1<<30, 1)
+	if err != nil {
+		return err
+	}
 	defer os.RemoveAll(layout.Dir)
-	s.setup = append(s.setup, fmt.Sprintf("layout: %d blobs, %d bytes (testpeer.WriteLayout, gzip with stored blocks)", len(layout.Blobs), blobsSize(layout)))
+	s.setup = append(s.setup, fmt.Sprintf("layout: %d blobs, %d bytes (testpeer.WriteLayout, gzip with stored blocks)", len(layout.Blobs), benchkit.BlobsSize(layout)))
 	s.ratios = []ratioTarget{{"wall", imgRegistryName, distributionName, wallTime, 0.6, false}}
 
-	start := map[string]func(dir string) (*registry, error){
-		imgRegistryName: func(dir string) (*registry, error) { return startImgRegistry(b.img, dir, false) },
-		distributionName: func(dir string) (*registry, error) {
-			return startDistribution(b.tool("registry"), dir)
+	start := map[string]func(dir string) (*benchkit.Registry, error){
+		imgRegistryName: func(dir string) (*benchkit.Registry, error) { return benchkit.StartImgRegistry(b.img, dir, false) },
+		distributionName: func(dir string) (*benchkit.Registry, error) {
+			return benchkit.StartDistribution(b.tool("registry"), dir)
 		},
 	}
 	for run := 1; run <= b.runs; run++ {
@@ -35,12 +40,12 @@ func (b *bench) push() error {
 			if err != nil {
 				return err
 			}
-			push := command{args: []string{b.tool("crane"), "push", layout.Dir, reg.addr + "/bench:latest", "--insecure"}}
-			err = b.run(s, name, run, push, blobsSize(layout), reg.pid())
+			push := benchkit.Command{Args: []string{b.tool("crane"), "push", layout.Dir, reg.Addr + "/bench:latest", "--insecure"}}
+			err = b.run(s, name, run, push, benchkit.BlobsSize(layout), reg.PID())
 			if err == nil {
-				err = checkManifest(reg.addr, layout)
+				err = checkManifest(reg.Addr, layout)
 			}
-			reg.stopAndRemove()
+			reg.StopAndRemove()
 			if err != nil {
 				return err
 			}
@@ -55,32 +60,35 @@ func (b *bench) uploadRSS() error {
 	s := newScenario("Upload RSS: crane push of one 2 GiB layer into an empty registry", imgRegistryName, distributionName)
 	b.results = append(b.results, s)
 
-	layout := writeLayout(filepath.Join(b.work, "rss-layout"), 1, 2<<30, 3)
+	layout, err := benchkit.WriteLayout(filepath.Join(b.work, "rss-layout"), 1, 2<<30, 3)
+	if err != nil {
+		return err
+	}
 	defer os.RemoveAll(layout.Dir)
-	s.setup = append(s.setup, fmt.Sprintf("layout: %d blobs, %d bytes", len(layout.Blobs), blobsSize(layout)))
+	s.setup = append(s.setup, fmt.Sprintf("layout: %d blobs, %d bytes", len(layout.Blobs), benchkit.BlobsSize(layout)))
 	s.ratios = []ratioTarget{{"wall", imgRegistryName, distributionName, wallTime, 0, false}}
-	s.limits = []limitTarget{{imgRegistryName, "registry peak RSS", serverPeakRSS, 100 << 20, formatMiB}}
+	s.limits = []limitTarget{{imgRegistryName, "registry peak RSS", serverPeakRSS, 100 << 20, benchkit.FormatMiB}}
 
 	for run := 1; run <= b.runs; run++ {
 		for i := range s.order {
 			name := s.order[(run+i)%len(s.order)]
 			dir := filepath.Join(b.work, "rss-registry")
-			var reg *registry
+			var reg *benchkit.Registry
 			var err error
 			if name == imgRegistryName {
-				reg, err = startImgRegistry(b.img, dir, false)
+				reg, err = benchkit.StartImgRegistry(b.img, dir, false)
 			} else {
-				reg, err = startDistribution(b.tool("registry"), dir)
+				reg, err = benchkit.StartDistribution(b.tool("registry"), dir)
 			}
 			if err != nil {
 				return err
 			}
-			push := command{args: []string{b.tool("crane"), "push", layout.Dir, reg.addr + "/bench:latest", "--insecure"}}
-			err = b.run(s, name, run, push, blobsSize(layout), reg.pid())
+			push := benchkit.Command{Args: []string{b.tool("crane"), "push", layout.Dir, reg.Addr + "/bench:latest", "--insecure"}}
+			err = b.run(s, name, run, push, benchkit.BlobsSize(layout), reg.PID())
 			if err == nil {
-				err = checkManifest(reg.addr, layout)
+				err = checkManifest(reg.Addr, layout)
 			}
-			reg.stopAndRemove()
+			reg.StopAndRemove()
 			if err != nil {
 				return err
 			}
@@ -112,27 +120,27 @@ func (b *bench) get() error {
 	if err != nil {
 		return err
 	}
-	defer imgReg.stopAndRemove()
-	wall, err := b.once(b.casPushCommand(image, imgReg).args...)
+	defer imgReg.StopAndRemove()
+	wall, err := b.once(b.casPushCommand(image, imgReg).Args...)
 	if err != nil {
 		return err
 	}
-	if err := checkManifest(imgReg.addr, image.layout); err != nil {
+	if err := checkManifest(imgReg.Addr, image.layout); err != nil {
 		return err
 	}
 	s.setup = append(s.setup, fmt.Sprintf("registered in img registry with `img push --strategy cas_registry` (%.2fs)", wall.Seconds()))
 
-	dist, err := startDistribution(b.tool("registry"), filepath.Join(b.work, "get-distribution"))
+	dist, err := benchkit.StartDistribution(b.tool("registry"), filepath.Join(b.work, "get-distribution"))
 	if err != nil {
 		return err
 	}
-	defer dist.stopAndRemove()
-	if _, err := b.once(b.tool("crane"), "push", image.layout.Dir, dist.addr+"/bench:latest", "--insecure"); err != nil {
+	defer dist.StopAndRemove()
+	if _, err := b.once(b.tool("crane"), "push", image.layout.Dir, dist.Addr+"/bench:latest", "--insecure"); err != nil {
 		return err
 	}
 	s.setup = append(s.setup, "pushed into distribution with crane push")
 	// From here on the layer exists only in the cache and in distribution's storage.
-	if err := removeLayers(image.layout); err != nil {
+	if err := benchkit.RemoveLayers(image.layout); err != nil {
 		return err
 	}
 
@@ -141,15 +149,15 @@ func (b *bench) get() error {
 		{"throughput", throughImg, fromDisk, throughput, 0, true},
 	}
 	blobURL := func(addr string) string { return "http://" + addr + "/v2/bench/blobs/" + layer.Digest.String() }
-	clients := map[string]func() (command, []int){
-		throughImg: func() (command, []int) {
-			return command{args: []string{b.self, "fetch-http", blobURL(imgReg.addr), hash}}, []int{imgReg.pid(), b.cache.pid()}
+	clients := map[string]func() (benchkit.Command, []int){
+		throughImg: func() (benchkit.Command, []int) {
+			return benchkit.Command{Args: []string{b.self, "fetch-http", blobURL(imgReg.Addr), hash}}, []int{imgReg.PID(), b.cache.PID()}
 		},
-		direct: func() (command, []int) {
-			return command{args: []string{b.self, "fetch-cas", b.cache.endpoint(), hash, fmt.Sprint(layer.Size)}}, []int{b.cache.pid()}
+		direct: func() (benchkit.Command, []int) {
+			return benchkit.Command{Args: []string{b.self, "fetch-cas", b.cache.Endpoint(), hash, fmt.Sprint(layer.Size)}}, []int{b.cache.PID()}
 		},
-		fromDisk: func() (command, []int) {
-			return command{args: []string{b.self, "fetch-http", blobURL(dist.addr), hash}}, []int{dist.pid()}
+		fromDisk: func() (benchkit.Command, []int) {
+			return benchkit.Command{Args: []string{b.self, "fetch-http", blobURL(dist.Addr), hash}}, []int{dist.PID()}
 		},
 	}
 	for run := 1; run <= b.runs; run++ {
@@ -190,7 +198,7 @@ func (b *bench) casPush() error {
 		return err
 	}
 	s.setup = append(s.setup, notes...)
-	if err := removeLayers(smallImage.layout); err != nil {
+	if err := benchkit.RemoveLayers(smallImage.layout); err != nil {
 		return err
 	}
 	largeImage, notes, err := b.uploadImage("cas-large", 10, b.largeCAS, 5)
@@ -198,7 +206,7 @@ func (b *bench) casPush() error {
 		return err
 	}
 	s.setup = append(s.setup, notes...)
-	if err := removeLayers(largeImage.layout); err != nil {
+	if err := benchkit.RemoveLayers(largeImage.layout); err != nil {
 		return err
 	}
 	s.setup = append(s.setup, "the layer files are deleted after the upload, so the layers exist only in the cache")
@@ -216,11 +224,11 @@ func (b *bench) casPush() error {
 			if err != nil {
 				return err
 			}
-			err = b.run(s, name, run, b.casPushCommand(images[name], reg), 0, reg.pid(), b.cache.pid())
+			err = b.run(s, name, run, b.casPushCommand(images[name], reg), 0, reg.PID(), b.cache.PID())
 			if err == nil {
-				err = checkManifest(reg.addr, images[name].layout)
+				err = checkManifest(reg.Addr, images[name].layout)
 			}
-			reg.stopAndRemove()
+			reg.StopAndRemove()
 			if err != nil {
 				return err
 			}

@@ -20,6 +20,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/rulesimg/img/bench/internal/benchkit"
 )
 
 var allScenarios = []string{"push", "get", "rss", "cas", "bes"}
@@ -122,7 +124,7 @@ func run(b *bench, scenarios []string, keep bool) error {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 	}
-	machine = append(machine, "- load average (1, 5, 15 min) at the end: "+loadAverage())
+	machine = append(machine, "- load average (1, 5, 15 min) at the end: "+benchkit.LoadAverage())
 	writeReport(os.Stdout, machine, b.results)
 	return nil
 }

@@ -3,11 +3,11 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
-	"os/exec"
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/rulesimg/img/bench/internal/benchkit"
 )
 
 // ratioTarget compares the medians of two clients. A zero target means the ratio is
@@ -15,7 +15,7 @@ import (
 type ratioTarget struct {
 	metric string
 	a, b   string
-	value  func(Sample) float64
+	value  func(benchkit.Sample) float64
 	// target is the bound on median(a)/median(b): a maximum, or a minimum when higher is set.
 	target float64
 	higher bool
@@ -25,20 +25,19 @@ type ratioTarget struct {
 type limitTarget struct {
 	tool   string
 	metric string
-	value  func(Sample) float64
+	value  func(benchkit.Sample) float64
 	limit  float64
 	format func(float64) string
 }
 
-func wallTime(s Sample) float64      { return float64(s.Wall) }
-func serverPeakRSS(s Sample) float64 { return float64(s.ServerPeakRSS) }
+func wallTime(s benchkit.Sample) float64      { return float64(s.Wall) }
+func serverPeakRSS(s benchkit.Sample) float64 { return float64(s.ServerPeakRSS) }
 
 // throughput returns MiB/s of the client's payload over its wall time.
-func throughput(s Sample) float64 {
+func throughput(s benchkit.Sample) float64 {
 	return float64(s.Bytes) / (1 << 20) / s.Wall.Seconds()
 }
 
-func formatMiB(bytes float64) string      { return fmt.Sprintf("%.1f MiB", bytes/(1<<20)) }
 func formatNanoseconds(ns float64) string { return formatLatency(time.Duration(ns)) }
 
 func formatLatency(d time.Duration) string {
@@ -63,15 +62,15 @@ func joinArgs(args []string) string {
 	return strings.Join(args, " ")
 }
 
-func medianOf(samples []Sample, value func(Sample) float64) float64 {
+func medianOf(samples []benchkit.Sample, value func(benchkit.Sample) float64) float64 {
 	var values []float64
 	for _, s := range samples {
 		values = append(values, value(s))
 	}
-	return median(values)
+	return benchkit.Median(values)
 }
 
-func maxOf(samples []Sample, value func(Sample) float64) float64 {
+func maxOf(samples []benchkit.Sample, value func(benchkit.Sample) float64) float64 {
 	var result float64
 	for _, s := range samples {
 		result = max(result, value(s))
@@ -81,61 +80,16 @@ func maxOf(samples []Sample, value func(Sample) float64) float64 {
 
 // describeMachine returns Markdown lines on the machine and the versions of every tool.
 func describeMachine(b *bench) []string {
-	memory := "unknown"
-	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
-		for _, line := range strings.Split(string(data), "\n") {
-			if value, ok := strings.CutPrefix(line, "MemTotal:"); ok {
-				memory = strings.TrimSpace(value)
-			}
-		}
-	}
-	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	version := func(args ...string) string {
-		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-		if err != nil {
-			return "unknown (" + err.Error() + ")"
-		}
-		return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
-	}
-	commit := version("git", "rev-parse", "--short", "HEAD")
-	if status, err := exec.Command("git", "status", "--porcelain").Output(); err == nil && len(status) > 0 {
-		commit += ", with uncommitted changes in the working tree"
-	}
-
 	return []string{
 		"- date: " + time.Now().UTC().Format("2006-01-02 15:04 MST"),
-		fmt.Sprintf("- machine: %d CPUs, %s memory, Linux %s", runtime.NumCPU(), memory, strings.TrimSpace(string(kernel))),
-		"- load average (1, 5, 15 min) at the start: " + loadAverage(),
+		fmt.Sprintf("- machine: %d CPUs, %s memory, Linux %s", runtime.NumCPU(), benchkit.MemTotal(), benchkit.KernelRelease()),
+		"- load average (1, 5, 15 min) at the start: " + benchkit.LoadAverage(),
 		"- Go: " + runtime.Version(),
-		"- img: " + version(b.img, "version") + ", built from commit " + commit,
-		"- crane: " + version(b.tool("crane"), "version"),
-		"- registry: " + version(b.tool("registry"), "--version"),
-		"- bazel-remote: " + moduleVersion(b.tool("bazel-remote")),
+		"- img: " + benchkit.Version(b.img, "version") + ", built from commit " + benchkit.Commit(),
+		"- crane: " + benchkit.Version(b.tool("crane"), "version"),
+		"- registry: " + benchkit.Version(b.tool("registry"), "--version"),
+		"- bazel-remote: " + benchkit.ModuleVersion(b.tool("bazel-remote")),
 	}
-}
-
-// moduleVersion returns the main module and version that `go version -m` reads from a Go
-// binary, because bazel-remote has no version flag.
-func moduleVersion(binary string) string {
-	out, err := exec.Command("go", "version", "-m", binary).Output()
-	if err != nil {
-		return "unknown (" + err.Error() + ")"
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		if fields := strings.Fields(line); len(fields) >= 3 && fields[0] == "mod" {
-			return fields[1] + " " + fields[2]
-		}
-	}
-	return "unknown"
-}
-
-// loadAverage returns the first three fields of /proc/loadavg.
-func loadAverage() string {
-	data, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	return strings.Join(strings.Fields(string(data))[:3], " ")
 }
 
 // writeReport writes the machine, then per comparison the commands, a table of medians, the
@@ -188,9 +142,9 @@ func writeScenario(w io.Writer, s *scenario) {
 			if samples[0].Bytes > 0 {
 				rate = fmt.Sprintf("%.0f MiB/s", medianOf(samples, throughput))
 			}
-			fmt.Fprintf(w, "| %s | %d | %s | %s–%s | %s | %.2f s | %s, %s |\n", name, len(samples), formatLatency(median(walls)),
-				formatLatency(minWall), formatLatency(maxWall), rate, median(cpus).Seconds(),
-				formatMiB(medianOf(samples, serverPeakRSS)), formatMiB(maxOf(samples, serverPeakRSS)))
+			fmt.Fprintf(w, "| %s | %d | %s | %s–%s | %s | %.2f s | %s, %s |\n", name, len(samples), formatLatency(benchkit.Median(walls)),
+				formatLatency(minWall), formatLatency(maxWall), rate, benchkit.Median(cpus).Seconds(),
+				benchkit.FormatMiB(medianOf(samples, serverPeakRSS)), benchkit.FormatMiB(maxOf(samples, serverPeakRSS)))
 		}
 		fmt.Fprintln(w)
 	}
@@ -233,7 +187,7 @@ func writeScenario(w io.Writer, s *scenario) {
 		fmt.Fprintln(w, "|---|---|---|---|---|---|")
 		for _, sample := range s.samples {
 			fmt.Fprintf(w, "| %d | %s | %s | %s | %.2f s | %s |\n", sample.Run, sample.Tool, formatLatency(sample.Wall),
-				formatLatency(sample.CPU()), sample.ServerCPU.Seconds(), formatMiB(float64(sample.ServerPeakRSS)))
+				formatLatency(sample.CPU()), sample.ServerCPU.Seconds(), benchkit.FormatMiB(float64(sample.ServerPeakRSS)))
 		}
 		fmt.Fprint(w, "\n</details>\n")
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rulesimg/img/bench/internal/benchkit"
 	"github.com/rulesimg/img/internal/testpeer"
 )
 
@@ -24,7 +25,7 @@ type bench struct {
 	besStream   string
 	clientLog   string
 
-	cache   *bazelRemote
+	cache   *benchkit.BazelRemote
 	getBlob *casImage // the 1 GiB one-layer image in the cache, shared by get and bes
 
 	results []*scenario
@@ -36,7 +37,7 @@ type scenario struct {
 	setup    []string
 	commands map[string]string // client name → example command line, ports of the last run
 	order    []string          // client names in report order
-	samples  []Sample
+	samples  []benchkit.Sample
 	ratios   []ratioTarget
 	notes    []string
 	limits   []limitTarget
@@ -48,20 +49,14 @@ func newScenario(title string, order ...string) *scenario {
 	return &scenario{title: title, commands: map[string]string{}, order: order}
 }
 
-func (s *scenario) add(sample Sample) {
+func (s *scenario) add(sample benchkit.Sample) {
 	s.samples = append(s.samples, sample)
 	fmt.Fprintf(os.Stderr, "registrybench: %-36s run %d: wall %7.3fs  server cpu %6.2fs  server peak rss %5d MiB\n",
 		sample.Tool, sample.Run, sample.Wall.Seconds(), sample.ServerCPU.Seconds(), sample.ServerPeakRSS>>20)
 }
 
-func (s *scenario) of(tool string) []Sample {
-	var out []Sample
-	for _, sample := range s.samples {
-		if sample.Tool == tool {
-			out = append(out, sample)
-		}
-	}
-	return out
+func (s *scenario) of(tool string) []benchkit.Sample {
+	return benchkit.SamplesOf(s.samples, tool)
 }
 
 func (b *bench) tool(name string) string {
@@ -69,9 +64,9 @@ func (b *bench) tool(name string) string {
 }
 
 // run measures c as run number run of tool and adds the sample to s.
-func (b *bench) run(s *scenario, tool string, run int, c command, bytes int64, servers ...int) error {
-	c.log = b.clientLog
-	sample, err := measure(c, servers...)
+func (b *bench) run(s *scenario, tool string, run int, c benchkit.Command, bytes int64, servers ...int) error {
+	c.Log = b.clientLog
+	sample, err := benchkit.Measure(c, servers...)
 	if err != nil {
 		return fmt.Errorf("%s, run %d: %w", tool, run, err)
 	}
@@ -83,7 +78,7 @@ func (b *bench) run(s *scenario, tool string, run int, c command, bytes int64, s
 
 // once runs a setup command outside any comparison and returns its wall time.
 func (b *bench) once(args ...string) (time.Duration, error) {
-	sample, err := measure(command{args: args, log: b.clientLog})
+	sample, err := benchkit.Measure(benchkit.Command{Args: args, Log: b.clientLog})
 	return sample.Wall, err
 }
 
@@ -110,12 +105,12 @@ func checkManifest(addr string, layout testpeer.LayoutInfo) error {
 
 // remoteCache returns the shared bazel-remote, started on first use with room for the
 // large cas_registry image.
-func (b *bench) remoteCache() (*bazelRemote, error) {
+func (b *bench) remoteCache() (*benchkit.BazelRemote, error) {
 	if b.cache != nil {
 		return b.cache, nil
 	}
 	maxGiB := int(b.largeCAS>>30) + 4
-	cache, err := startBazelRemote(b.tool("bazel-remote"), filepath.Join(b.work, "bazel-remote"), maxGiB)
+	cache, err := benchkit.StartBazelRemote(b.tool("bazel-remote"), filepath.Join(b.work, "bazel-remote"), maxGiB)
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +120,7 @@ func (b *bench) remoteCache() (*bazelRemote, error) {
 
 func (b *bench) stopCache() {
 	if b.cache != nil {
-		b.cache.stop()
+		b.cache.Stop()
 		b.cache = nil
 	}
 }
@@ -145,29 +140,32 @@ func (b *bench) uploadImage(name string, layers int, total int64, seed uint64) (
 		return nil, nil, err
 	}
 	start := time.Now()
-	layout := writeLayout(filepath.Join(b.work, name+"-layout"), layers, total, seed)
-	notes := []string{fmt.Sprintf("%s layout: %d blobs, %d bytes, written in %.1fs", name, len(layout.Blobs), blobsSize(layout), time.Since(start).Seconds())}
+	layout, err := benchkit.WriteLayout(filepath.Join(b.work, name+"-layout"), layers, total, seed)
+	if err != nil {
+		return nil, nil, err
+	}
+	notes := []string{fmt.Sprintf("%s layout: %d blobs, %d bytes, written in %.1fs", name, len(layout.Blobs), benchkit.BlobsSize(layout), time.Since(start).Seconds())}
 
 	image := &casImage{layout: layout, request: filepath.Join(b.work, name+"-request.json")}
-	cacheCPU := processCPU([]int{cache.pid()})
+	cacheCPU := benchkit.ProcessCPU([]int{cache.PID()})
 	// The destination is a placeholder: every push replaces the registry with --registry.
 	wall, err := b.once(b.img, "cas", "upload", layout.Dir, "127.0.0.1:5000/bench:latest",
-		"--remote-cache", cache.endpoint(), "--strategy", "cas_registry", "--output", image.request)
+		"--remote-cache", cache.Endpoint(), "--strategy", "cas_registry", "--output", image.request)
 	if err != nil {
 		return nil, nil, err
 	}
 	notes = append(notes, fmt.Sprintf("`$BIN/img cas upload $WORK/%s-layout 127.0.0.1:5000/bench:latest --remote-cache grpc://… --strategy cas_registry --output $WORK/%s-request.json` took %.1fs (bazel-remote CPU %.1fs)",
-		name, name, wall.Seconds(), (processCPU([]int{cache.pid()})-cacheCPU).Seconds()))
+		name, name, wall.Seconds(), (benchkit.ProcessCPU([]int{cache.PID()})-cacheCPU).Seconds()))
 	return image, notes, nil
 }
 
 // casRegistry starts img registry with the remote cache store and the blob-cache service.
-func (b *bench) casRegistry(dir string) (*registry, error) {
-	return startImgRegistry(b.img, dir, true, "--blob-store", "reapi", "--reapi-endpoint", b.cache.endpoint())
+func (b *bench) casRegistry(dir string) (*benchkit.Registry, error) {
+	return benchkit.StartImgRegistry(b.img, dir, true, "--blob-store", "reapi", "--reapi-endpoint", b.cache.Endpoint())
 }
 
 // casPushCommand is img push of image into reg with the cas_registry strategy.
-func (b *bench) casPushCommand(image *casImage, reg *registry) command {
-	return command{args: []string{b.img, "push", "--request", image.request, "--strategy", "cas_registry",
-		"--blob-cache", reg.blobCache, "--registry", reg.addr, "--quiet"}}
+func (b *bench) casPushCommand(image *casImage, reg *benchkit.Registry) benchkit.Command {
+	return benchkit.Command{Args: []string{b.img, "push", "--request", image.request, "--strategy", "cas_registry",
+		"--blob-cache", reg.BlobCache, "--registry", reg.Addr, "--quiet"}}
 }
