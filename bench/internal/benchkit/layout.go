@@ -30,8 +30,9 @@ func (layoutTB) Fatalf(format string, args ...any) {
 }
 
 // WriteLayout writes an OCI layout of one image with layers random gzip layers of total
-// bytes in all, tagged "latest". The gzip streams use stored blocks, so the bytes stay
-// incompressible, and skopeo does not compress the layers itself on the way to a registry.
+// bytes in all, tagged "latest". Because the layers are gzip already, skopeo does not
+// compress them itself on the way to a registry, and their stored blocks keep the bytes
+// incompressible.
 func WriteLayout(dir string, layers int, total int64, seed uint64) (info testpeer.LayoutInfo, err error) {
 	sizes := make([]int64, layers)
 	for i := range sizes {

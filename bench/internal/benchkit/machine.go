@@ -40,8 +40,8 @@ func CPUModel() string {
 	return "unknown"
 }
 
-// Version runs args and returns the first line of its output, the form most tools print
-// their version in, or "unknown (ERROR)" when the command fails.
+// Version runs args, a tool's version command, and returns the first line of its output,
+// or "unknown (ERROR)" when the command fails.
 func Version(args ...string) string {
 	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 	if err != nil {
@@ -50,7 +50,7 @@ func Version(args ...string) string {
 	return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
 }
 
-// Commit returns the short commit of HEAD in the working directory, and says so when the
+// Commit returns the short commit of HEAD in the working directory, with a note when the
 // working tree has uncommitted changes.
 func Commit() string {
 	commit := Version("git", "rev-parse", "--short", "HEAD")
