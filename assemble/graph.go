@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -14,26 +15,42 @@ import (
 
 // A graph file describes a built manifest or index for the next build step. It is a
 // push request (docs/push-request.md) with strategy eager, no destinations, and file
-// paths relative to Bazel's execution root, so `img push --request` run from the
-// execution root could push it as it is.
+// paths relative to the graph file's own folder, as the push request format resolves
+// them, so `img push GRAPH_FILE` pushes it from any working directory.
 
-// WriteGraph writes graph to path, keeping its file paths as they are.
+// WriteGraph writes graph to path. The graph's file paths are relative to the working
+// directory (Bazel's execution root) or absolute; they are written relative to the
+// folder of path.
 func WriteGraph(path string, graph *image.Request) error {
+	dir := filepath.Dir(path)
+	relative := *graph
+	relative.Files = map[digest.Digest]string{}
+	for d, file := range graph.Files {
+		if !filepath.IsAbs(file) {
+			rel, err := filepath.Rel(dir, file)
+			if err != nil {
+				return fmt.Errorf("encode image graph %s: %w", path, err)
+			}
+			file = rel
+		}
+		relative.Files[d] = file
+	}
 	var buf bytes.Buffer
-	if err := graph.Encode(&buf, ""); err != nil {
+	if err := relative.Encode(&buf, ""); err != nil {
 		return fmt.Errorf("encode image graph %s: %w", path, err)
 	}
 	return os.WriteFile(path, buf.Bytes(), 0o644)
 }
 
-// ReadGraph reads a graph file written by WriteGraph, keeping its relative file paths.
+// ReadGraph reads a graph file written by WriteGraph, with its file paths relative to
+// the working directory again.
 func ReadGraph(path string) (*image.Request, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("image graph: %w", err)
 	}
 	defer f.Close()
-	graph, err := image.DecodeRequest(f, "")
+	graph, err := image.DecodeRequest(f, filepath.Dir(path))
 	if err != nil {
 		return nil, fmt.Errorf("image graph %s: %w", path, err)
 	}

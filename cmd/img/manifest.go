@@ -40,7 +40,8 @@ func init() {
 		Long: `Build an OCI image config and manifest. The base is an OCI layout directory
 (--base-layout) or another manifest's metadata (--base-metadata), or none for an
 image from scratch. The metadata written is an image graph: a push request with
-strategy eager, no destinations, and paths relative to the working directory.`,
+strategy eager, no destinations, and paths relative to the metadata file, so img push
+can push it from any folder.`,
 		Args: bazelParamFile,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runManifest(cmd, flags)
