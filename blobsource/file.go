@@ -59,6 +59,23 @@ func (f Files) Describe(desc ocispec.Descriptor) string {
 	return "inline data"
 }
 
+// Check reports whether desc's local file exists and has the descriptor's size, without
+// reading it. Inline data and blobs without a file pass.
+func (f Files) Check(desc ocispec.Descriptor) error {
+	path, ok := f[desc.Digest]
+	if !ok || (len(desc.Data) > 0 && int64(len(desc.Data)) == desc.Size) {
+		return nil
+	}
+	info, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("local file: %w", err)
+	}
+	if info.Size() != desc.Size {
+		return fmt.Errorf("local file %s has %d bytes but the descriptor says %d", path, info.Size(), desc.Size)
+	}
+	return nil
+}
+
 // VerifyFile hashes the local file of desc and compares it with the descriptor,
 // returning an error that names the file when they differ.
 func (f Files) VerifyFile(desc ocispec.Descriptor) error {

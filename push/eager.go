@@ -24,12 +24,16 @@ func Eager(req *image.Request) Strategy {
 			for _, desc := range missing {
 				if !files.Has(desc) {
 					fmt.Fprintf(&b, "\n  %s, %d bytes", roles[desc.Digest], desc.Size)
+					continue
+				}
+				if err := files.Check(desc); err != nil {
+					fmt.Fprintf(&b, "\n  %s: %v", roles[desc.Digest], err)
 				}
 			}
 			if b.Len() == 0 {
 				return nil
 			}
-			return fmt.Errorf("eager push: the registry lacks blobs that have no local file, so nothing was pushed:%s\n"+
+			return fmt.Errorf("eager push: the registry lacks blobs whose local file is missing or wrong, so nothing was pushed:%s\n"+
 				"Build with the outputs downloaded (without --remote_download_minimal), or push with --strategy lazy and --remote-cache", b.String())
 		},
 	}

@@ -3,10 +3,12 @@ package push
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
+	"syscall"
 )
 
 // RegistryError is an unexpected response from a registry, with the OCI error codes of
@@ -82,7 +84,11 @@ type StepError struct {
 }
 
 func (e *StepError) Error() string {
-	return fmt.Sprintf("push to %s: %s: %s: %v", e.Destination, e.Object, e.Step, e.Err)
+	message := fmt.Sprintf("push to %s: %s: %s: %v", e.Destination, e.Object, e.Step, e.Err)
+	if errors.Is(e.Err, syscall.ECONNREFUSED) {
+		message += "; is the registry running and listening on that address?"
+	}
+	return message
 }
 
 func (e *StepError) Unwrap() error { return e.Err }

@@ -332,7 +332,7 @@ func (p *pusher) checkRoots(ctx context.Context) error {
 				tag := dest.Tags[0]
 				current, err := dest.client.manifestDigest(ctx, tag, root.MediaType)
 				if err != nil {
-					return &StepError{Destination: dest.String(), Object: "tag " + tag, Step: "reading where it points", Err: err}
+					return &StepError{Destination: dest.String(), Object: "tag " + tag, Step: "checking which manifest it points at", Err: err}
 				}
 				if current == root.Digest {
 					dest.complete = true
@@ -416,7 +416,7 @@ func (p *pusher) pushManifestsTo(ctx context.Context, dest *destination, order [
 		}
 		current, err := dest.client.manifestDigest(ctx, tag, root.MediaType)
 		if err != nil {
-			return &StepError{Destination: dest.String(), Object: "tag " + tag, Step: "reading where it points", Err: err}
+			return &StepError{Destination: dest.String(), Object: "tag " + tag, Step: "checking which manifest it points at", Err: err}
 		}
 		if current != root.Digest {
 			if err := dest.client.putManifest(ctx, tag, root, p.manifests[root.Digest]); err != nil {

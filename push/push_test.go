@@ -414,3 +414,30 @@ func TestPushZeroByteConfig(t *testing.T) {
 	}
 	testpeer.Crane(t, "blob", reg.Ref("empty-config", "@"+config.Digest.String()))
 }
+
+func TestEagerPushDeletedFileFailsBeforeWriting(t *testing.T) {
+	skipShort(t)
+	reg := testpeer.StartRegistry(t)
+	proxy := faultproxy.New(t, reg.URL)
+	info := testpeer.WriteLayout(t, t.TempDir(), testpeer.LayoutSpec{Layers: []int64{1 << 10, 2 << 10}})
+	req, err := image.ReadLayout(info.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := info.BlobPath(info.Layers[0].Digest)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	dest, _ := image.ParseDestination(proxy.Addr + "/deleted:v1")
+	req.Destinations = []image.Destination{dest}
+	_, err = push.Push(context.Background(), req, push.Eager(req))
+	if err == nil {
+		t.Fatal("eager push with a deleted layer file succeeded")
+	}
+	if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "layer 1 of manifest") {
+		t.Errorf("error does not name the file and the layer: %v", err)
+	}
+	if n := proxy.Count("POST", "."); n != 0 {
+		t.Errorf("%d uploads started before the missing file was found", n)
+	}
+}

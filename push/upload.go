@@ -233,7 +233,7 @@ func (p *pusher) sendBlob(ctx context.Context, desc ocispec.Descriptor, client *
 	reader := trackBody(body, session.offset, tracker)
 
 	remaining := desc.Size - session.offset
-	if session.offset == 0 && chunk == 0 && desc.Size <= p.opts.smallBlob {
+	if session.offset == 0 && p.opts.chunkSize == 0 && desc.Size <= p.opts.smallBlob {
 		return client.commitUpload(ctx, session, desc, reader, desc.Size)
 	}
 	if chunk == 0 {
