@@ -106,7 +106,9 @@ func DecodeRequest(r io.Reader, baseDir string) (*Request, error) {
 	decoder.DisallowUnknownFields()
 	var wire wireRequest
 	if err := decoder.Decode(&wire); err != nil {
-		return nil, fmt.Errorf("invalid JSON: %w", err)
+		// encoding/json prefixes its messages with "json: " and gives no field path
+		// for unknown fields, so point to the format's documentation instead.
+		return nil, fmt.Errorf("invalid push request: %s; docs/push-request.md lists the fields", strings.TrimPrefix(err.Error(), "json: "))
 	}
 	if decoder.More() {
 		return nil, errors.New("invalid JSON: more than one value; a push request is a single JSON object")

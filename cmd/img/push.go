@@ -72,12 +72,12 @@ Strategies (--strategy, default from the push request, else eager):
 	}
 	flags := cmd.Flags()
 	flags.StringVar(&f.request, "request", "", "push request JSON file to read (instead of a first argument)")
-	flags.StringVar(&f.strategy, "strategy", "", "push strategy: eager, lazy or cas_registry (default: the push request's, else eager)")
+	flags.StringVar(&f.strategy, "strategy", "", "push strategy: eager, lazy, cas_registry, or bes, which pushes like lazy (default: the push request's, else eager)")
 	flags.StringArrayVarP(&f.tags, "tag", "t", nil, "tag to set at every destination, replacing the push request's tags (repeatable)")
 	flags.StringVar(&f.registry, "registry", "", "registry host[:port] that replaces the push request's registry at every destination")
 	flags.StringVar(&f.repository, "repository", "", "repository that replaces the push request's repository at every destination")
 	flags.IntVarP(&f.jobs, "jobs", "j", 4, "number of blobs uploaded at once")
-	flags.IntVar(&f.retries, "retries", 5, "retries of a failed request (408, 429, 5xx, resets, timeouts) with exponential backoff")
+	flags.IntVar(&f.retries, "retries", 5, "retries of a failed request (408, 429, 5xx, resets, refused connections, timeouts) with exponential backoff")
 	flags.Int64Var(&f.chunkSize, "chunk-size", 0, "upload blobs in PATCH chunks of this many bytes (0 = one PATCH per blob, or 64 MiB chunks when the registry sets OCI-Chunk-Min-Length; never below that minimum)")
 	flags.BoolVar(&f.verify, "verify", false, "hash local blobs before sending them (the registry verifies digests anyway)")
 	flags.StringArrayVar(&f.insecure, "insecure-registry", nil, "registry host[:port] to reach over plain HTTP or unverified TLS (repeatable; loopback hosts always use plain HTTP)")
@@ -104,6 +104,9 @@ func runPush(cmd *cobra.Command, f *pushFlags, args []string) error {
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	if err := validatePushFlags(f); err != nil {
+		return err
+	}
 	req, destinationArgs, err := readPushInput(f, args)
 	if err != nil {
 		return err
@@ -155,6 +158,18 @@ func runPush(cmd *cobra.Command, f *pushFlags, args []string) error {
 		}
 	}
 	return pushErr
+}
+
+func validatePushFlags(f *pushFlags) error {
+	switch {
+	case f.jobs < 1:
+		return fmt.Errorf("--jobs %d: give at least 1", f.jobs)
+	case f.retries < 0:
+		return fmt.Errorf("--retries %d: give 0 or more", f.retries)
+	case f.chunkSize < 0:
+		return fmt.Errorf("--chunk-size %d: give a size in bytes, or 0 for one PATCH per blob", f.chunkSize)
+	}
+	return nil
 }
 
 // readPushInput reads the image from --request or the first argument, which may be an

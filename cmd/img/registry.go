@@ -223,7 +223,11 @@ func runRegistry(ctx context.Context, flags *registryFlags) error {
 	if grpcServe != nil {
 		go func() { errs <- grpcServe() }()
 	}
-	logger.Info("registry started", "address", listener.Addr().String(), "data_dir", flags.dataDir, "blob_stores", flags.blobStores)
+	blobStores := flags.blobStores
+	if len(blobStores) == 0 {
+		blobStores = []string{"filesystem"}
+	}
+	logger.Info("registry started", "address", listener.Addr().String(), "data_dir", flags.dataDir, "blob_stores", blobStores)
 
 	select {
 	case <-ctx.Done():

@@ -36,7 +36,7 @@ func parseHeaders(pairs []string) (map[string][]string, error) {
 
 func dialRemoteCache(ctx context.Context, f *pushFlags, logger *slog.Logger) (*reapi.Client, error) {
 	if f.remoteCache == "" {
-		return nil, errors.New("lazy push needs the remote cache: set --remote-cache or IMG_REAPI_ENDPOINT to grpc://host:port")
+		return nil, errors.New("a lazy or bes push reads blobs from the remote cache: set --remote-cache or IMG_REAPI_ENDPOINT to grpc://host:port")
 	}
 	headers, err := parseHeaders(f.remoteHeaders)
 	if err != nil {
