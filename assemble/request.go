@@ -132,7 +132,7 @@ func expandTemplate(field, text string, vars map[string]string) (string, error) 
 	}
 	var out bytes.Buffer
 	if err := tmpl.Execute(&out, vars); err != nil {
-		return "", fmt.Errorf("%s template %q: %w; known keys: %s (workspace status keys are present only with --stamp or stamp = \"enabled\")", field, text, err, strings.Join(sortedKeys(vars), ", "))
+		return "", fmt.Errorf("%s template %q: %w; known keys: %s (workspace status keys are present only when stamping, with --stamp or stamp = \"enabled\", and keys beyond Bazel's own come from --workspace_status_command)", field, text, err, strings.Join(sortedKeys(vars), ", "))
 	}
 	return out.String(), nil
 }
