@@ -67,19 +67,12 @@ func OpenBoltStore(dir string) (*BoltStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("open job store %s: create buckets: %w", path, err)
 	}
-	// Writes go through bbolt's Batch, which commits the writes of concurrent callers in
-	// one transaction with one fdatasync: every Create syncs before its event is
-	// acknowledged, and on a busy server one sync per write limited the acknowledgements
-	// per second. A short delay keeps the added latency of a lone write small.
-	db.MaxBatchDelay = 2 * time.Millisecond
 	return &BoltStore{db: db}, nil
 }
 
 func (s *BoltStore) Create(job Job) (bool, error) {
 	created := false
-	err := s.db.Batch(func(tx *bolt.Tx) error {
-		// Batch may run this function again on its own after a failed group commit.
-		created = false
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		if tx.Bucket(jobsBucket).Get([]byte(job.ID)) != nil {
 			return nil
 		}
@@ -93,7 +86,7 @@ func (s *BoltStore) Create(job Job) (bool, error) {
 }
 
 func (s *BoltStore) Put(job Job) error {
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		return putJob(tx, job)
 	})
 	if err != nil {
