@@ -177,3 +177,36 @@ func TestReadFromOffsetChecksLength(t *testing.T) {
 		t.Errorf("reading a short blob from an offset: error %v, want one saying the stream ended early", err)
 	}
 }
+
+func TestOpenUnverifiedChecksOnlyLength(t *testing.T) {
+	good := randomBlob{seed: 22, size: 1 << 20}.bytes(t)
+	d := DigestOf(good)
+	flipped := append([]byte(nil), good...)
+	flipped[len(flipped)/2] ^= 1
+
+	endpoint := startFakeCache(t, &fakeCache{capabilities: sha256Capabilities(), data: flipped})
+	c := dial(t, endpoint, Options{Retries: -1})
+	r, err := c.OpenUnverified(context.Background(), d, 0)
+	if err != nil {
+		t.Fatalf("OpenUnverified: %v", err)
+	}
+	got, err := io.ReadAll(r)
+	r.Close()
+	if err != nil {
+		t.Errorf("reading a blob of the right length without verification: %v", err)
+	}
+	if len(got) != len(good) {
+		t.Errorf("read %d bytes, want %d", len(got), len(good))
+	}
+
+	short := startFakeCache(t, &fakeCache{capabilities: sha256Capabilities(), data: good[:len(good)/2]})
+	c = dial(t, short, Options{Retries: -1})
+	r, err = c.OpenUnverified(context.Background(), d, 0)
+	if err != nil {
+		t.Fatalf("OpenUnverified: %v", err)
+	}
+	defer r.Close()
+	if _, err := io.Copy(io.Discard, r); err == nil {
+		t.Error("a short stream read without verification ended with io.EOF, want an error")
+	}
+}

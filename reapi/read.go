@@ -28,6 +28,18 @@ const maxZstdWindowBytes = 128 << 20
 // is checked. A blob that is not in the cache is an error matching ErrNotFound, returned by
 // Open itself.
 func (c *Client) Open(ctx context.Context, d Digest, offset int64) (io.ReadCloser, error) {
+	return c.open(ctx, d, offset, true)
+}
+
+// OpenUnverified is Open without the hash of the bytes; only the length is checked. It is
+// for consumers that verify the digest themselves, such as a registry serving a blob to
+// a client that checks every blob it pulls: hashing there too cost about a quarter of
+// the registry's CPU per byte served.
+func (c *Client) OpenUnverified(ctx context.Context, d Digest, offset int64) (io.ReadCloser, error) {
+	return c.open(ctx, d, offset, false)
+}
+
+func (c *Client) open(ctx context.Context, d Digest, offset int64, verify bool) (io.ReadCloser, error) {
 	if err := d.Validate(); err != nil {
 		return nil, fmt.Errorf("remote cache %s: read: %w", c.endpoint, err)
 	}
@@ -56,7 +68,7 @@ func (c *Client) Open(ctx context.Context, d Digest, offset int64) (io.ReadClose
 		pos:        offset,
 		compressed: c.caps.Zstd,
 	}
-	if offset == 0 {
+	if offset == 0 && verify {
 		r.hasher = sha256.New()
 	}
 	if err := c.retry(ctx, "ByteStream.Read", []any{"digest", d.String(), "offset", offset}, r.startStream); err != nil {
