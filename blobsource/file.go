@@ -36,7 +36,7 @@ func (f Files) Open(_ context.Context, desc ocispec.Descriptor, offset int64) (i
 	}
 	if info.Size() != desc.Size {
 		file.Close()
-		return nil, fmt.Errorf("blob %s: local file %s has %d bytes but the descriptor says %d; rebuild the image or fix the push request", desc.Digest, path, info.Size(), desc.Size)
+		return nil, fmt.Errorf("blob %s: local file %s has %d bytes but the descriptor gives %d; rebuild the image or fix the push request", desc.Digest, path, info.Size(), desc.Size)
 	}
 	if _, err := file.Seek(offset, io.SeekStart); err != nil {
 		file.Close()
@@ -71,7 +71,7 @@ func (f Files) Check(desc ocispec.Descriptor) error {
 		return fmt.Errorf("local file: %w", err)
 	}
 	if info.Size() != desc.Size {
-		return fmt.Errorf("local file %s has %d bytes but the descriptor says %d", path, info.Size(), desc.Size)
+		return fmt.Errorf("local file %s has %d bytes but the descriptor gives %d", path, info.Size(), desc.Size)
 	}
 	return nil
 }

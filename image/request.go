@@ -55,7 +55,7 @@ func (d Destination) String() string {
 
 // The JSON form of a request. It differs from Request where JSON needs it: manifests
 // form a list, and descriptors carry their size as a pointer so that a missing size
-// can be told apart from an empty blob.
+// can be distinguished from an empty blob.
 type wireRequest struct {
 	Version      *int              `json:"version"`
 	Strategy     string            `json:"strategy"`

@@ -91,10 +91,10 @@ Strategies (--strategy, default from the push request, else eager):
 	return cmd
 }
 
-// pushMemoryLimit is the soft heap limit of img push unless GOMEMLIMIT says otherwise.
+// pushMemoryLimit is the soft heap limit of img push unless GOMEMLIMIT sets another.
 // Streams from the remote cache allocate a buffer per gRPC message, and with Go's default
-// GC pacing the heap of a 4-job lazy push grew to about 100 MiB of mostly garbage; with
-// this limit it stayed near 85 MiB at a few percent more CPU (measured on a 1 GiB image).
+// GC pacing a 4-job lazy push of a 1 GiB image reached about 100 MiB of resident memory,
+// mostly garbage. With this limit it stayed near 85 MiB at a few percent more CPU.
 const pushMemoryLimit = 64 << 20
 
 func runPush(cmd *cobra.Command, f *pushFlags, args []string) error {
