@@ -244,7 +244,6 @@ func layerDigest(t *testing.T, manifest string) string {
 	return parsed.Layers[0].Digest
 }
 
-
 func TestImgBESResumesPushAfterKill(t *testing.T) {
 	b := newBazel(t)
 	cache := testpeer.StartBazelRemote(t)
