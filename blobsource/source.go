@@ -12,20 +12,20 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// ErrNotFound is returned when a source does not have a blob; Chain then asks the next.
+// ErrNotFound is returned when a source does not have a blob. Chain then tries the next.
 var ErrNotFound = errors.New("blob not found")
 
 // Source opens the bytes of a blob.
 type Source interface {
 	// Open returns desc's bytes from offset to the end. A source that verifies digests
-	// does so only when offset is 0, because the skipped prefix is not hashed; the
+	// does so only when offset is 0, because the skipped prefix is not hashed. The
 	// registry still verifies the whole blob on commit.
 	Open(ctx context.Context, desc ocispec.Descriptor, offset int64) (io.ReadCloser, error)
-	// Describe says where desc's bytes come from, for error messages and logs.
+	// Describe names where desc's bytes come from, for error messages and logs.
 	Describe(desc ocispec.Descriptor) string
 }
 
-// Chain asks each source in turn and returns the first that has the blob.
+// Chain tries each source in turn and returns the first that has the blob.
 type Chain []Source
 
 // Open implements Source.

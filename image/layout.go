@@ -148,7 +148,7 @@ func LayoutBlobPath(dir string, d digest.Digest) (string, error) {
 // Verify checks that body has the size and digest that desc promises.
 func Verify(desc ocispec.Descriptor, body []byte) error {
 	if int64(len(body)) != desc.Size {
-		return fmt.Errorf("blob %s has %d bytes; its descriptor says %d", desc.Digest, len(body), desc.Size)
+		return fmt.Errorf("blob %s has %d bytes, but its descriptor gives %d", desc.Digest, len(body), desc.Size)
 	}
 	if err := desc.Digest.Validate(); err != nil {
 		return fmt.Errorf("invalid digest %q: %w", desc.Digest, err)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the Go code for every .proto file under proto/. The generated files are
 # committed, so only someone who changes a .proto file needs protoc (Debian's
-# protobuf-compiler); the Go plugins come from the pinned tools module.
+# protobuf-compiler). The Go plugins come from the pinned tools module.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin="$root/.tools/bin"

@@ -47,7 +47,7 @@ func defaultOptions() *options {
 }
 
 // defaultTransport is net/http's default transport with enough idle connections per
-// host for the concurrent existence checks and uploads; the default keeps 2, so a push
+// host for the concurrent existence checks and uploads. The default keeps 2, so a push
 // of many blobs would open and close a connection for most requests.
 func defaultTransport() http.RoundTripper {
 	transport := http.DefaultTransport.(*http.Transport).Clone()

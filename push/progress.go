@@ -26,8 +26,9 @@ type Tracker interface {
 	Poll(func() int64)
 	// Add counts n more bytes sent.
 	Add(n int64)
-	// Done ends the upload; err is nil on success.
-	Done(how string, err error)
+	// Done ends the upload with an outcome word ("pushed", "shared") and err, which is
+	// nil on success.
+	Done(outcome string, err error)
 }
 
 type nopProgress struct{}
@@ -84,14 +85,14 @@ type lineTracker struct {
 
 func (t *lineTracker) Poll(func() int64) {}
 func (t *lineTracker) Add(int64)         {}
-func (t *lineTracker) Done(how string, err error) {
+func (t *lineTracker) Done(outcome string, err error) {
 	if err != nil {
 		return
 	}
 	elapsed := time.Since(t.started)
 	t.progress.mu.Lock()
 	defer t.progress.mu.Unlock()
-	fmt.Fprintf(t.progress.W, "%s %s %s %s in %s (%s)\n", how, shortDigest(t.desc), formatBytes(t.desc.Size), t.destination, elapsed.Round(time.Millisecond), formatRate(t.desc.Size, elapsed))
+	fmt.Fprintf(t.progress.W, "%s %s %s %s in %s (%s)\n", outcome, shortDigest(t.desc), formatBytes(t.desc.Size), t.destination, elapsed.Round(time.Millisecond), formatRate(t.desc.Size, elapsed))
 }
 
 // TerminalProgress redraws one line per active upload with bytes and rate, for a TTY.
@@ -181,16 +182,16 @@ type terminalTracker struct {
 	sent        atomic.Int64
 	poll        atomic.Pointer[func() int64]
 	finished    atomic.Bool
-	how         atomic.Pointer[string]
+	outcome     atomic.Pointer[string]
 }
 
 func (t *terminalTracker) Poll(f func() int64) { t.poll.Store(&f) }
 func (t *terminalTracker) Add(n int64)         { t.sent.Add(n) }
-func (t *terminalTracker) Done(how string, err error) {
+func (t *terminalTracker) Done(outcome string, err error) {
 	if err != nil {
-		how = "failed"
+		outcome = "failed"
 	}
-	t.how.Store(&how)
+	t.outcome.Store(&outcome)
 	t.finished.Store(true)
 }
 
@@ -200,8 +201,8 @@ func (t *terminalTracker) line() string {
 		sent = (*poll)()
 	}
 	elapsed := time.Since(t.started)
-	if how := t.how.Load(); how != nil {
-		return fmt.Sprintf("%-9s %s %9s %s", *how, shortDigest(t.desc), formatBytes(t.desc.Size), t.destination)
+	if outcome := t.outcome.Load(); outcome != nil {
+		return fmt.Sprintf("%-9s %s %9s %s", *outcome, shortDigest(t.desc), formatBytes(t.desc.Size), t.destination)
 	}
 	return fmt.Sprintf("%-9s %s %9s / %-9s %10s %s", "pushing", shortDigest(t.desc), formatBytes(sent), formatBytes(t.desc.Size), formatRate(sent, elapsed), t.destination)
 }

@@ -144,11 +144,11 @@ func (p *pusher) uploadTo(ctx context.Context, desc ocispec.Descriptor, dest *de
 		// The session opened by a refused mount is not needed; the registry expires it.
 		p.opts.logger.Debug("blob uploaded by another push", "registry", dest.Registry, "repository", dest.Repository, "digest", desc.Digest)
 	}
-	how := "pushed"
+	outcome := "pushed"
 	if !uploaded {
-		how = "shared"
+		outcome = "shared"
 	}
-	tracker.Done(how, err)
+	tracker.Done(outcome, err)
 	if err != nil {
 		dest.fail(err)
 		return

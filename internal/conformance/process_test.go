@@ -158,8 +158,8 @@ func TestShutdownFinishesUploadInFlight(t *testing.T) {
 
 	io.WriteString(writer, content[:len(content)/2])
 	// The pipe write returns once the client has sent the bytes, which can be before the
-	// server has read the request headers; a connection the server has not started to
-	// read counts as idle and is closed at once by the shutdown.
+	// server has read the request headers. A connection the server has not started to
+	// read counts as idle, and the shutdown closes it at once.
 	time.Sleep(300 * time.Millisecond)
 	registry.cmd.Process.Signal(syscall.SIGTERM)
 	time.Sleep(200 * time.Millisecond)

@@ -65,7 +65,7 @@ func NewClient(ctx context.Context, opts ClientOptions) (*awss3.Client, error) {
 	return client, nil
 }
 
-// CheckBucket asks S3 whether the bucket exists and the credentials may use it, so a wrong
+// CheckBucket checks with S3 whether the bucket exists and the credentials may use it, so a wrong
 // --s3-bucket or missing credentials fail at startup rather than at the first push.
 func (s *Store) CheckBucket(ctx context.Context) error {
 	if _, err := s.client.HeadBucket(ctx, &awss3.HeadBucketInput{Bucket: &s.bucket}); err != nil {

@@ -7,7 +7,7 @@
 // that do not match its key. Large blobs go to the bucket as a multipart upload whose parts are
 // sections of the staged file, so no part is held in memory.
 //
-// GET is streamed from the bucket, or answered with a redirect to a presigned URL when
+// GET is streamed from the bucket, or redirected to a presigned URL when
 // Options.Redirect is set.
 //
 // NOTE: upload sessions live on this machine's disk, so registry replicas that share a bucket
@@ -63,7 +63,7 @@ type Options struct {
 	// StagingDir holds upload sessions until their commit. Required.
 	StagingDir string
 
-	// Redirect makes GET of a whole blob answer with a presigned URL.
+	// Redirect makes GET of a whole blob respond with a redirect to a presigned URL.
 	Redirect bool
 
 	// PresignExpiry is how long a presigned URL is valid; 0 means 15 minutes.
@@ -214,7 +214,7 @@ func (s *Store) Resume(ctx context.Context, id string) (blobstore.Writer, error)
 	return &writer{store: s, Upload: upload}, nil
 }
 
-// Delete removes the object. S3 reports success for a missing key, so the store asks with
+// Delete removes the object. S3 reports success for a missing key, so the store checks with
 // HeadObject first to return ErrNotFound as the interface promises.
 func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
 	key, err := s.key(dgst)

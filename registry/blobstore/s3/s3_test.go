@@ -25,7 +25,7 @@ import (
 const testBucket = "img-blobs"
 
 // setTestAWSEnv points the AWS default chain at static test credentials only, so no test reads
-// the machine's AWS files or asks the instance metadata service.
+// the machine's AWS files or contacts the instance metadata service.
 func setTestAWSEnv(t *testing.T) {
 	t.Setenv("AWS_ACCESS_KEY_ID", "img-test")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "img-test-secret")

@@ -254,8 +254,8 @@ func repository(ctx context.Context, dgst digest.Digest) (string, error) {
 
 // Stat returns the blob's size from a HEAD request to the upstream.
 //
-// NOTE: an unreachable upstream is an error, not ErrNotFound, so while it is down a chain
-// answers HEAD of a blob no other store holds with 500, and pushes through the chain fail.
+// NOTE: an unreachable upstream is an error, not ErrNotFound. While it is down, a chain
+// responds 500 to HEAD of a blob no other store holds, and pushes through the chain fail.
 func (s *Store) Stat(ctx context.Context, dgst digest.Digest) (int64, error) {
 	if err := blobstore.ValidateDigest(dgst); err != nil {
 		return 0, err
