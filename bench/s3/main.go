@@ -26,13 +26,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/rulesimg/img/bench/internal/benchkit"
 	s3store "github.com/rulesimg/img/registry/blobstore/s3"
 )
 
@@ -119,7 +119,7 @@ func run(opts options) error {
 	if err != nil {
 		return err
 	}
-	defer minio.stop()
+	defer minio.Stop()
 	client, err := s3store.NewClient(context.Background(), s3store.ClientOptions{Endpoint: endpoint, PathStyle: true})
 	if err != nil {
 		return err
@@ -133,12 +133,12 @@ func run(opts options) error {
 	if err != nil {
 		return err
 	}
-	defer streamed.stop()
+	defer streamed.Stop()
 	redirected, redirectedURL, err := startImgRegistry(opts.img, filepath.Join(work, "redirected"), append(s3Args, "--s3-redirect"))
 	if err != nil {
 		return err
 	}
-	defer redirected.stop()
+	defer redirected.Stop()
 
 	fmt.Fprintf(os.Stderr, "s3bench: writing and pushing a %d-byte blob\n", opts.size)
 	dgst, pushTime, err := pushRandomBlob(streamedURL, filepath.Join(work, "blob"), opts.size)
@@ -320,82 +320,12 @@ func describeMachine(img string) []string {
 	}
 }
 
-// process is a server the benchmark started.
-type process struct {
-	name   string
-	cmd    *exec.Cmd
-	log    string
-	exited chan struct{}
-}
-
-func startProcess(name, log, binary string, args, env []string, readyURL string) (*process, error) {
-	logFile, err := os.Create(log)
-	if err != nil {
-		return nil, err
-	}
-	defer logFile.Close()
-	cmd := exec.Command(binary, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout = logFile
-	cmd.Stderr = logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &process{name: name, cmd: cmd, log: log, exited: make(chan struct{})}
-	go func() {
-		cmd.Wait()
-		close(p.exited)
-	}()
-
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		select {
-		case <-p.exited:
-			return nil, fmt.Errorf("%s exited before it was ready; see %s", name, log)
-		default:
-		}
-		resp, err := http.Get(readyURL)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p, nil
-			}
-		}
-		if time.Now().After(deadline) {
-			p.stop()
-			return nil, fmt.Errorf("%s not ready after 60s; see %s", name, log)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// stop sends SIGTERM and kills the process if it has not exited after 10 seconds.
-func (p *process) stop() {
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.exited
-	}
-}
-
-func freePort() (int, error) {
-	listener, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer listener.Close()
-	return listener.Addr().(*net.TCPAddr).Port, nil
-}
-
-func startMinio(binary, work string) (*process, string, error) {
-	port, err := freePort()
+func startMinio(binary, work string) (*benchkit.Server, string, error) {
+	port, err := benchkit.FreePort()
 	if err != nil {
 		return nil, "", err
 	}
-	consolePort, err := freePort()
+	consolePort, err := benchkit.FreePort()
 	if err != nil {
 		return nil, "", err
 	}
@@ -405,17 +335,17 @@ func startMinio(binary, work string) (*process, string, error) {
 		"--console-address", net.JoinHostPort("127.0.0.1", strconv.Itoa(consolePort)), "--quiet"}
 	env := []string{"MINIO_ROOT_USER=" + minioUser, "MINIO_ROOT_PASSWORD=" + minioPassword,
 		"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_CALLHOME_ENABLE=off"}
-	p, err := startProcess("minio", filepath.Join(work, "minio.log"), binary, args, env, endpoint+"/minio/health/live")
+	p, err := benchkit.StartServer("minio", filepath.Join(work, "minio.log"), binary, args, env, benchkit.HTTPAnswers(endpoint+"/minio/health/live"))
 	return p, endpoint, err
 }
 
-func startImgRegistry(binary, dataDir string, storeArgs []string) (*process, string, error) {
-	port, err := freePort()
+func startImgRegistry(binary, dataDir string, storeArgs []string) (*benchkit.Server, string, error) {
+	port, err := benchkit.FreePort()
 	if err != nil {
 		return nil, "", err
 	}
 	base := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	args := append([]string{"registry", "--address", "127.0.0.1", "--port", strconv.Itoa(port), "--data-dir", dataDir}, storeArgs...)
-	p, err := startProcess("img registry", dataDir+".log", binary, args, nil, base+"/healthz")
+	p, err := benchkit.StartServer("img registry", dataDir+".log", binary, args, nil, benchkit.HTTPAnswers(base+"/healthz"))
 	return p, base, err
 }
