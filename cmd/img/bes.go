@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -101,17 +100,6 @@ fails the bazel command.`,
 	rootCmd.AddCommand(cmd)
 }
 
-func defaultBESDataDir() (string, error) {
-	if dir := os.Getenv("XDG_DATA_HOME"); dir != "" {
-		return filepath.Join(dir, "img", "bes"), nil
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return "", fmt.Errorf("find a default --data-dir: %w; pass --data-dir", err)
-	}
-	return filepath.Join(home, ".local", "share", "img", "bes"), nil
-}
-
 func runBES(ctx context.Context, flags *besFlags) error {
 	if ctx == nil {
 		ctx = context.Background()
@@ -130,7 +118,7 @@ func runBES(ctx context.Context, flags *besFlags) error {
 		return fmt.Errorf("--commit-mode: %w", err)
 	}
 	if flags.dataDir == "" {
-		if flags.dataDir, err = defaultBESDataDir(); err != nil {
+		if flags.dataDir, err = defaultDataDir("bes"); err != nil {
 			return err
 		}
 	}

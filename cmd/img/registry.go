@@ -127,15 +127,17 @@ cas_registry pushes register blobs that already sit in the remote cache.`,
 	rootCmd.AddCommand(cmd)
 }
 
-func defaultDataDir() (string, error) {
+// defaultDataDir returns the default --data-dir of a server, img/<server> under the XDG
+// data folder.
+func defaultDataDir(server string) (string, error) {
 	if dir := os.Getenv("XDG_DATA_HOME"); dir != "" {
-		return filepath.Join(dir, "img", "registry"), nil
+		return filepath.Join(dir, "img", server), nil
 	}
 	home, err := os.UserHomeDir()
 	if err != nil {
 		return "", fmt.Errorf("find a default --data-dir: %w; pass --data-dir", err)
 	}
-	return filepath.Join(home, ".local", "share", "img", "registry"), nil
+	return filepath.Join(home, ".local", "share", "img", server), nil
 }
 
 func runRegistry(ctx context.Context, flags *registryFlags) error {
@@ -147,7 +149,7 @@ func runRegistry(ctx context.Context, flags *registryFlags) error {
 	defer stop()
 
 	if flags.dataDir == "" {
-		dir, err := defaultDataDir()
+		dir, err := defaultDataDir("registry")
 		if err != nil {
 			return err
 		}
