@@ -61,10 +61,7 @@ func (p *pusher) uploadSharedTo(ctx context.Context, desc ocispec.Descriptor, de
 	r.CloseWithError(errDroppedOut)
 	if err == nil {
 		tracker.Done("pushed", nil)
-		dest.count(func(res *DestinationResult) {
-			res.BlobsUploaded++
-			res.BytesUploaded += desc.Size
-		})
+		dest.countUploaded(desc)
 		return
 	}
 
@@ -78,15 +75,12 @@ func (p *pusher) uploadSharedTo(ctx context.Context, desc ocispec.Descriptor, de
 		dest.fail(err)
 		return
 	}
-	dest.count(func(res *DestinationResult) {
-		res.BlobsUploaded++
-		res.BytesUploaded += desc.Size
-	})
+	dest.countUploaded(desc)
 }
 
 var errDroppedOut = errors.New("destination left the shared stream")
 
-// teeWriter writes to every pipe that is still being read; a pipe whose reader left is
+// teeWriter writes to every pipe that is still being read. A pipe whose reader left is
 // skipped from then on. It fails only when no reader is left.
 type teeWriter struct {
 	writers []*io.PipeWriter

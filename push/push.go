@@ -93,6 +93,13 @@ func (d *destination) count(f func(r *DestinationResult)) {
 	f(d.result)
 }
 
+func (d *destination) countUploaded(desc ocispec.Descriptor) {
+	d.count(func(r *DestinationResult) {
+		r.BlobsUploaded++
+		r.BytesUploaded += desc.Size
+	})
+}
+
 // pusher holds one push's state.
 type pusher struct {
 	opts      *options

@@ -153,14 +153,11 @@ func (p *pusher) uploadTo(ctx context.Context, desc ocispec.Descriptor, dest *de
 		dest.fail(err)
 		return
 	}
-	dest.count(func(r *DestinationResult) {
-		if uploaded {
-			r.BlobsUploaded++
-			r.BytesUploaded += desc.Size
-		} else {
-			r.BlobsExisting++
-		}
-	})
+	if uploaded {
+		dest.countUploaded(desc)
+	} else {
+		dest.count(func(r *DestinationResult) { r.BlobsExisting++ })
+	}
 }
 
 // upload runs the upload protocol for one blob: a single POST+PUT for small blobs,
