@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -187,10 +186,8 @@ func (s *Server) appendChunk(w http.ResponseWriter, r *http.Request, name string
 	}
 
 	before := writer.Size()
-	buffer := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(buffer)
 	body := &idleTimeoutReader{reader: r.Body, controller: http.NewResponseController(w), timeout: s.uploadIdleTimeout}
-	copied, err := io.CopyBuffer(onlyWriter{writer}, body, *buffer)
+	copied, err := writer.ReadFrom(body)
 	if err != nil {
 		// The stored bytes stay in the session, so a client can ask GET for the range and resume.
 		return fmt.Errorf("upload %s: reading the request body failed after %d bytes (the session contains %d): %w", writer.ID(), copied, before+copied, err)
@@ -200,18 +197,6 @@ func (s *Server) appendChunk(w http.ResponseWriter, r *http.Request, name string
 	}
 	return nil
 }
-
-// copyBuffers holds the buffers that request bodies are copied through. At 256 KiB, a file write
-// and a hash update cost little next to the bytes they move, where io.Copy's 32 KiB made eight
-// times as many write calls.
-var copyBuffers = sync.Pool{New: func() any {
-	buffer := make([]byte, 256<<10)
-	return &buffer
-}}
-
-// onlyWriter hides every method but Write, so io.CopyBuffer uses the pooled buffer even when a
-// store's writer implements io.ReaderFrom.
-type onlyWriter struct{ io.Writer }
 
 // idleTimeoutReader moves the connection's read deadline forward before every read, so a client
 // that stops sending fails after timeout, and releases its upload session, however long the

@@ -70,6 +70,10 @@ type Store interface {
 type Writer interface {
 	io.Writer
 
+	// ReadFrom appends everything the reader yields, like Write, in whatever pieces suit the
+	// store. It keeps the bytes that arrived before a read error.
+	io.ReaderFrom
+
 	// ID names the session for Resume. It contains only URL-safe characters.
 	ID() string
 

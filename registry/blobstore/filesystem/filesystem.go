@@ -40,6 +40,7 @@ func New(dir string) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	uploads.direct.Store(true)
 	return &Store{blobDir: blobDir, uploads: uploads}, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -26,6 +27,11 @@ import (
 // The sha256 state lives in memory and is rebuilt from the file when it is lost.
 type Uploads struct {
 	dir string
+
+	// direct makes sessions write request bodies with O_DIRECT (see direct.go). It is off
+	// for staging folders, whose files are read back right after the upload and are better
+	// served from the page cache.
+	direct atomic.Bool
 
 	mu       sync.Mutex
 	sessions map[string]*Upload
@@ -175,6 +181,9 @@ type Upload struct {
 	size  int64
 	ended bool
 
+	// direct is the session file opened with O_DIRECT, once ReadFrom used it.
+	direct *os.File
+
 	// sha256 covers the first hashed bytes of the file. When it falls behind size (a write
 	// failed midway, or the session was reopened) Verify hashes the file again.
 	sha256 hash.Hash
@@ -261,6 +270,7 @@ func (u *Upload) MoveTo(path string) error {
 	if err := u.file.Sync(); err != nil {
 		return fmt.Errorf("flush upload %s: %w", u.id, err)
 	}
+	u.closeDirect()
 	if err := u.file.Close(); err != nil {
 		return fmt.Errorf("close upload %s: %w", u.id, err)
 	}
@@ -282,6 +292,7 @@ func (u *Upload) MoveTo(path string) error {
 
 // Cancel removes the session file and ends the session.
 func (u *Upload) Cancel() error {
+	u.closeDirect()
 	u.file.Close()
 	err := os.Remove(u.path)
 	u.end()

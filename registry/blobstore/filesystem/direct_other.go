@@ -1,0 +1,7 @@
+//go:build !linux
+
+package filesystem
+
+import "os"
+
+func openDirect(path string) (*os.File, error) { return nil, errNoDirectIO }
