@@ -72,7 +72,7 @@ func OpenBoltEventState(dir string) (*BoltEventState, error) {
 		return nil, fmt.Errorf("open event state: create data directory %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, "events.db")
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true, NoGrowSync: true, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		return nil, fmt.Errorf("open event state %s: %w; is another img bes using this --data-dir?", path, err)
 	}

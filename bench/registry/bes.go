@@ -11,8 +11,11 @@ import (
 	"github.com/rulesimg/img/bench/internal/benchkit"
 )
 
-// besLoad starts img bes and replays the captured Bazel event stream at a fixed rate,
-// first alone and then while lazy pushes of a 1 GiB image run on the same machine.
+// besLoad starts img bes and replays the captured Bazel event stream at a fixed rate: alone,
+// then while lazy pushes of a 1 GiB image run on the same machine into a registry whose
+// storage is in b.tmpfs, so its writes do not reach this machine's disk, as with a registry
+// on another machine, and then into a registry that writes them to the disk img bes syncs
+// its job store to.
 func (b *bench) besLoad() error {
 	s := newScenario(fmt.Sprintf("img bes: acknowledgement latency at %.0f events/s", b.besRate))
 	b.results = append(b.results, s)
@@ -75,22 +78,33 @@ func (b *bench) besLoad() error {
 		fmt.Sprintf("Load client: this program, in process, open loop at %.0f events/s in total: a new round (one stream replaying the capture) every %d/rate seconds, each sending at rate/%d, %s per phase. "+
 			"*ack* runs from sending an event to its acknowledgement; *from schedule* runs from the moment the fixed rate made the event due.", b.besRate, len(events), streams, duration),
 		"",
-		"| phase | events | rounds | achieved events/s | ack p50 | ack p99 | ack max | from schedule p99 | stream errors | img bes CPU |",
-		"|---|---|---|---|---|---|---|---|---|---|")
+		"*disk fdatasync* comes from a probe in this program that overwrites one 4 KiB block of a file in $WORK and fdatasyncs it every 10 ms during the phase: "+
+			"the cost of any durable write on that disk at the time, and so a floor under the acknowledgement of an event that creates a push job.",
+		"",
+		"| phase | events | rounds | achieved events/s | ack p50 | ack p99 | ack max | from schedule p99 | stream errors | img bes CPU | disk fdatasync p50 | disk fdatasync p99 |",
+		"|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 	phase := func(name string) error {
 		cpu := benchkit.ProcessCPU([]int{bes.PID()})
+		stopProbe := make(chan struct{})
+		probe := startSyncProbe(filepath.Join(b.work, "sync-probe"), 10*time.Millisecond, stopProbe)
 		result, err := replayAtRate(addr, events, b.besRate, duration, streams, "bench-"+name)
+		close(stopProbe)
+		syncs, probeErr := probe.wait()
 		if err != nil {
 			return err
+		}
+		if probeErr != nil {
+			return fmt.Errorf("phase %s: disk probe: %w", name, probeErr)
 		}
 		cpu = benchkit.ProcessCPU([]int{bes.PID()}) - cpu
 		if len(result.Ack) == 0 {
 			return fmt.Errorf("phase %s: no event was acknowledged; first error: %v", name, result.FirstErr)
 		}
-		s.extra = append(s.extra, fmt.Sprintf("| %s | %d | %d | %.0f | %s | %s | %s | %s | %d | %.2fs |", name, result.Events, result.Rounds, result.rate(),
+		s.extra = append(s.extra, fmt.Sprintf("| %s | %d | %d | %.0f | %s | %s | %s | %s | %d | %.2fs | %s | %s |", name, result.Events, result.Rounds, result.rate(),
 			formatLatency(percentile(result.Ack, 0.5)), formatLatency(percentile(result.Ack, 0.99)), formatLatency(result.Ack[len(result.Ack)-1]),
-			formatLatency(percentile(result.Scheduled, 0.99)), result.Errors, cpu.Seconds()))
+			formatLatency(percentile(result.Scheduled, 0.99)), result.Errors, cpu.Seconds(),
+			formatLatency(percentile(syncs, 0.5)), formatLatency(percentile(syncs, 0.99))))
 		if result.FirstErr != nil {
 			s.notes = append(s.notes, fmt.Sprintf("phase %s, first stream error: %v", name, result.FirstErr))
 		}
@@ -108,8 +122,36 @@ func (b *bench) besLoad() error {
 		return err
 	}
 
-	// Background pushes: img push --strategy lazy of the 1 GiB image into a new
-	// distribution registry, again and again until the phase ends.
+	memory := func(dir string) (*benchkit.Registry, error) {
+		return benchkit.StartDistribution(b.tool("registry"), filepath.Join(b.tmpfs, filepath.Base(b.work)+"-"+filepath.Base(dir)))
+	}
+	disk := func(dir string) (*benchkit.Registry, error) {
+		return benchkit.StartDistribution(b.tool("registry"), dir)
+	}
+	pushes := map[string]int{}
+	for _, background := range []struct {
+		name  string
+		start func(dir string) (*benchkit.Registry, error)
+	}{
+		{"lazy pushes, registry on tmpfs", memory},
+		{"lazy pushes, registry on this disk", disk},
+	} {
+		count, err := b.whilePushing(image.request, cache.Endpoint(), background.start, func() error { return phase(background.name) })
+		if err != nil {
+			return err
+		}
+		pushes[background.name] = count
+	}
+	s.commands["background push"] = fmt.Sprintf("$BIN/img push --request $WORK/get-request.json --strategy lazy --remote-cache %s --registry 127.0.0.1:P --quiet (a new distribution registry each time, with its storage in %s or in $WORK)", cache.Endpoint(), b.tmpfs)
+	s.extra = append(s.extra, "", fmt.Sprintf("Lazy pushes of the 1 GiB image that finished during the phases (the last one may have run past its phase): %d with the registry on tmpfs, %d with the registry on disk.",
+		pushes["lazy pushes, registry on tmpfs"], pushes["lazy pushes, registry on this disk"]))
+	return nil
+}
+
+// whilePushing runs measure while a loop pushes the image of request with img push
+// --strategy lazy into a new distribution registry from start each time, and returns how
+// many pushes finished.
+func (b *bench) whilePushing(request, cache string, start func(dir string) (*benchkit.Registry, error), measure func() error) (int, error) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var pushes int
@@ -123,12 +165,12 @@ func (b *bench) besLoad() error {
 				return
 			default:
 			}
-			reg, err := benchkit.StartDistribution(b.tool("registry"), filepath.Join(b.work, "bes-push-registry"))
+			reg, err := start(filepath.Join(b.work, "bes-push-registry"))
 			if err != nil {
 				pushErr = err
 				return
 			}
-			_, err = b.once(b.img, "push", "--request", image.request, "--strategy", "lazy", "--remote-cache", cache.Endpoint(), "--registry", reg.Addr, "--quiet")
+			_, err = b.once(b.img, "push", "--request", request, "--strategy", "lazy", "--remote-cache", cache, "--registry", reg.Addr, "--quiet")
 			reg.StopAndRemove()
 			if err != nil {
 				pushErr = err
@@ -137,16 +179,14 @@ func (b *bench) besLoad() error {
 			pushes++
 		}
 	}()
-	err = phase("lazy pushes running")
+	err := measure()
 	close(stop)
 	wg.Wait()
 	if err != nil {
-		return err
+		return pushes, err
 	}
 	if pushErr != nil {
-		return fmt.Errorf("background push: %w", pushErr)
+		return pushes, fmt.Errorf("background push: %w", pushErr)
 	}
-	s.commands["background push"] = fmt.Sprintf("$BIN/img push --request $WORK/get-request.json --strategy lazy --remote-cache %s --registry 127.0.0.1:P --quiet (a new distribution registry each time)", cache.Endpoint())
-	s.extra = append(s.extra, "", fmt.Sprintf("During the second phase %d lazy pushes of the 1 GiB image finished (the last one may have run past the phase).", pushes))
-	return nil
+	return pushes, nil
 }

@@ -23,6 +23,7 @@ type bench struct {
 	besRate     float64
 	besDuration time.Duration
 	besStream   string
+	tmpfs       string
 	clientLog   string
 
 	cache   *benchkit.BazelRemote

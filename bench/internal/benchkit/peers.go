@@ -30,6 +30,10 @@ func (r *Registry) StopAndRemove() error {
 // StartDistribution starts the CNCF distribution registry binary with empty filesystem
 // storage under dir on a free 127.0.0.1 port.
 func StartDistribution(binary, dir string) (*Registry, error) {
+	return startDistribution(binary, dir, fmt.Sprintf("filesystem:\n    rootdirectory: %q", filepath.Join(dir, "storage")))
+}
+
+func startDistribution(binary, dir, storage string) (*Registry, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -46,15 +50,14 @@ log:
   level: warn
   formatter: text
 storage:
-  filesystem:
-    rootdirectory: %q
+  %s
   maintenance:
     uploadpurging:
       enabled: false
 http:
   addr: %q
   secret: %q
-`, filepath.Join(dir, "storage"), addr, hex.EncodeToString(secret))
+`, storage, addr, hex.EncodeToString(secret))
 		configPath := filepath.Join(dir, "config.yml")
 		if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
 			return nil, err
