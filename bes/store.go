@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -38,15 +41,77 @@ var (
 	unfinishedBucket = []byte("unfinished")
 )
 
-// BoltStore is a Store in one bbolt file. Jobs are JSON values keyed by job ID; a second
-// bucket indexes the unfinished ones so that a restart does not scan every old job.
+// BoltStore is a Store in one bbolt file, jobs.db, with a write-ahead log in front of it,
+// the files jobs.log.0 and jobs.log.1. Jobs are JSON values keyed by job ID; a second bucket indexes the unfinished
+// ones so that a restart does not scan every old job.
+//
+// Create is on the path of a build event's acknowledgement, so it returns once the new job
+// is in the log (see jobLog), and an applier goroutine moves jobs into the database
+// afterwards. Writes go through one committer goroutine that puts all writes that arrived
+// while the previous one synced into the next write, so a Create waits for at most the sync
+// in progress and its own. Put, which records a push's outcome, goes through the applier and
+// returns once the database has it. Reads first wait for the applier to catch up, so they
+// see every write that returned before them.
 type BoltStore struct {
 	db *bolt.DB
+	// logs are used in turn: when the current one is full, the other one starts over.
+	// Its jobs were logged a whole log ago, so the applier has long moved them into the
+	// database and the switch does not wait. A single log had to wait at every restart
+	// until its last jobs reached the database.
+	logs    [2]*jobLog
+	current int
+	// logged is the submitted count after the last write to each log: once the applier
+	// is done with that many writes, the database has every job of the log.
+	logged [2]int64
+
+	writes chan *storeWrite
+	// closing is closed by Close, and stopped when the committer has returned.
+	closing chan struct{}
+	stopped chan struct{}
+
+	mu      sync.Mutex
+	applied *sync.Cond
+	// queue holds the writes the applier has not taken yet, and pending the IDs of created
+	// jobs that the database does not have yet.
+	queue   []*storeWrite
+	pending map[string]bool
+	// submitted and done count the writes handed to the applier and those it finished.
+	submitted, done int64
+	// shutdown is set by Close once the committer has stopped, and applierDone is closed
+	// when the applier returns.
+	shutdown    bool
+	applierDone chan struct{}
 }
 
-// OpenBoltStore opens or creates the queue file jobs.db in dir. Only one process can
-// hold it, so a second server on the same dir fails after a second.
+// storeWrite is one Create or Put.
+type storeWrite struct {
+	job   Job
+	value []byte
+	// create stores the job only when its ID is new, and sets created when it did.
+	create  bool
+	created bool
+	// result receives the outcome: for a Create once the log has it, for a Put once the
+	// database has it.
+	result chan error
+}
+
+const (
+	// jobLogCapacity is the size of each log file. A push job takes about 1 KiB, so a log
+	// holds thousands of them.
+	jobLogCapacity = 8 << 20
+	// maxGroupedWrites bounds one log write or transaction, so a burst cannot make one of
+	// them, and every write that waits for it, arbitrarily long.
+	maxGroupedWrites = 256
+)
+
+// OpenBoltStore opens or creates the queue files jobs.db, jobs.log.0 and jobs.log.1 in dir
+// and moves the jobs that the logs hold into the database. Only one process can hold the database, so a
+// second server on the same dir fails after a second.
 func OpenBoltStore(dir string) (*BoltStore, error) {
+	return openBoltStore(dir, jobLogCapacity)
+}
+
+func openBoltStore(dir string, logCapacity int64) (*BoltStore, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open job store: create data directory %s: %w", dir, err)
 	}
@@ -55,65 +120,308 @@ func OpenBoltStore(dir string) (*BoltStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open job store %s: %w; is another img bes using this --data-dir?", path, err)
 	}
+	var logs [2]*jobLog
+	var records [][]byte
+	closeAll := func() {
+		for _, log := range logs {
+			if log != nil {
+				log.Close()
+			}
+		}
+		db.Close()
+	}
+	for i := range logs {
+		log, logRecords, err := openJobLog(filepath.Join(dir, fmt.Sprintf("jobs.log.%d", i)), logCapacity)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("open job store: %w", err)
+		}
+		logs[i] = log
+		records = append(records, logRecords...)
+	}
 
+	// Jobs in the logs may be missing from the database after a crash. Creating them
+	// again changes nothing for those that it has, and the order does not matter.
 	err = db.Update(func(tx *bolt.Tx) error {
 		if _, err := tx.CreateBucketIfNotExists(jobsBucket); err != nil {
 			return err
 		}
-		_, err := tx.CreateBucketIfNotExists(unfinishedBucket)
-		return err
+		if _, err := tx.CreateBucketIfNotExists(unfinishedBucket); err != nil {
+			return err
+		}
+		for _, record := range records {
+			var job Job
+			if err := json.Unmarshal(record, &job); err != nil {
+				return fmt.Errorf("job in a log of %s: %w", dir, err)
+			}
+			if tx.Bucket(jobsBucket).Get([]byte(job.ID)) != nil {
+				continue
+			}
+			if err := putJob(tx, job.ID, record, job.State); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open job store %s: create buckets: %w", path, err)
+		closeAll()
+		return nil, fmt.Errorf("open job store %s: %w", path, err)
 	}
-	return &BoltStore{db: db}, nil
+	for _, log := range logs {
+		log.restart()
+	}
+
+	s := &BoltStore{
+		db:          db,
+		logs:        logs,
+		writes:      make(chan *storeWrite),
+		closing:     make(chan struct{}),
+		stopped:     make(chan struct{}),
+		pending:     map[string]bool{},
+		applierDone: make(chan struct{}),
+	}
+	s.applied = sync.NewCond(&s.mu)
+	go s.commit()
+	go s.apply()
+	return s, nil
 }
 
 func (s *BoltStore) Create(job Job) (bool, error) {
-	created := false
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		if tx.Bucket(jobsBucket).Get([]byte(job.ID)) != nil {
-			return nil
-		}
-		created = true
-		return putJob(tx, job)
-	})
+	write, err := s.write(job, true)
 	if err != nil {
-		return false, fmt.Errorf("store job %s: %w", jobName(job), err)
+		return false, err
 	}
-	return created, nil
+	return write.created, nil
 }
 
 func (s *BoltStore) Put(job Job) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		return putJob(tx, job)
-	})
-	if err != nil {
-		return fmt.Errorf("store job %s: %w", jobName(job), err)
-	}
-	return nil
+	_, err := s.write(job, false)
+	return err
 }
 
-func putJob(tx *bolt.Tx, job Job) error {
+// write hands job to the committer and waits for the result.
+func (s *BoltStore) write(job Job, create bool) (*storeWrite, error) {
+	// A job that bbolt would reject must not fail the other writes of its group.
+	if len(job.ID) == 0 || len(job.ID) > bolt.MaxKeySize {
+		return nil, fmt.Errorf("store job %s: the job id has %d bytes, outside bbolt's key limit of 1 to %d", jobName(job), len(job.ID), bolt.MaxKeySize)
+	}
 	value, err := json.Marshal(job)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("store job %s: %w", jobName(job), err)
 	}
+	write := &storeWrite{job: job, value: value, create: create, result: make(chan error, 1)}
+	select {
+	case s.writes <- write:
+	case <-s.closing:
+		return nil, fmt.Errorf("store job %s: the job store is closed", jobName(job))
+	}
+	if err := <-write.result; err != nil {
+		return nil, fmt.Errorf("store job %s: %w", jobName(job), err)
+	}
+	return write, nil
+}
 
-	key := []byte(job.ID)
+// commit runs until Close. It takes the writes that are waiting, logs the new jobs among
+// them in one write and hands all of them to the applier, in the order they came.
+func (s *BoltStore) commit() {
+	defer close(s.stopped)
+	for {
+		var group []*storeWrite
+		select {
+		case write := <-s.writes:
+			group = append(group, write)
+		case <-s.closing:
+			return
+		}
+	gather:
+		for len(group) < maxGroupedWrites {
+			select {
+			case write := <-s.writes:
+				group = append(group, write)
+			default:
+				break gather
+			}
+		}
+
+		created, err := s.newJobs(group)
+		if err == nil {
+			err = s.logJobs(created)
+		}
+		// Every Create hears back once the log has its job, a replayed one too. Those
+		// that went to the database directly hear back from the applier.
+		for _, write := range group {
+			if write.create {
+				write.result <- err
+			}
+		}
+		if err != nil {
+			group = slices.DeleteFunc(group, func(write *storeWrite) bool { return write.create || write.created })
+		}
+		s.submit(group)
+		if len(created) > 0 && err == nil {
+			s.mu.Lock()
+			s.logged[s.current] = s.submitted
+			s.mu.Unlock()
+		}
+	}
+}
+
+// newJobs marks the creates of group whose job is new, in the database, the applier's
+// queue and group itself, and returns them.
+func (s *BoltStore) newJobs(group []*storeWrite) ([]*storeWrite, error) {
+	// The lock comes first: the applier clears a job from pending under it after the
+	// commit, so a snapshot taken under the lock has every job that pending lacks.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var created []*storeWrite
+	seen := map[string]bool{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		for _, write := range group {
+			if !write.create {
+				continue
+			}
+			id := write.job.ID
+			if seen[id] || s.pending[id] || tx.Bucket(jobsBucket).Get([]byte(id)) != nil {
+				continue
+			}
+			seen[id] = true
+			write.created = true
+			created = append(created, write)
+		}
+		return nil
+	})
+	return created, err
+}
+
+// logJobs writes the jobs of created to the current log, switching to the other log when
+// it is full. Jobs that do not fit even into an empty log go to the database directly: they
+// become plain writes whose caller hears back from the applier.
+func (s *BoltStore) logJobs(created []*storeWrite) error {
+	if len(created) == 0 {
+		return nil
+	}
+	payloads := make([][]byte, len(created))
+	for i, write := range created {
+		payloads[i] = write.value
+	}
+	log := s.logs[s.current]
+	if !log.fitsEmpty(payloads) {
+		for _, write := range created {
+			write.create = false
+		}
+		return nil
+	}
+	if !log.fits(payloads) {
+		s.current = 1 - s.current
+		log = s.logs[s.current]
+		s.catchUpTo(s.logged[s.current])
+		log.restart()
+	}
+	return log.append(payloads)
+}
+
+// submit queues group for the applier. A Create reaches its caller before the applier has
+// it, so it is in pending until then.
+func (s *BoltStore) submit(group []*storeWrite) {
+	if len(group) == 0 {
+		return
+	}
+	s.mu.Lock()
+	for _, write := range group {
+		if write.created {
+			s.pending[write.job.ID] = true
+		}
+	}
+	s.queue = append(s.queue, group...)
+	s.submitted += int64(len(group))
+	s.mu.Unlock()
+	s.applied.Broadcast()
+}
+
+// apply moves queued writes into the database, one transaction for all writes waiting at
+// the time, until Close and an empty queue.
+func (s *BoltStore) apply() {
+	defer close(s.applierDone)
+	for {
+		s.mu.Lock()
+		for len(s.queue) == 0 && !s.shutdown {
+			s.applied.Wait()
+		}
+		if len(s.queue) == 0 {
+			s.mu.Unlock()
+			return
+		}
+		group := s.queue[:min(len(s.queue), maxGroupedWrites)]
+		s.queue = s.queue[len(group):]
+		s.mu.Unlock()
+
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for _, write := range group {
+				if write.create && !write.created {
+					continue
+				}
+				if err := putJob(tx, write.job.ID, write.value, write.job.State); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+
+		s.mu.Lock()
+		for _, write := range group {
+			if write.created {
+				delete(s.pending, write.job.ID)
+			}
+		}
+		s.done += int64(len(group))
+		s.mu.Unlock()
+		s.applied.Broadcast()
+
+		for _, write := range group {
+			if !write.create {
+				write.result <- err
+			}
+		}
+		if err != nil {
+			// TODO: logged jobs that fail here reach the database only at the next start,
+			// from the log. Until then the results page does not list them.
+			slog.Error("moving push jobs into the job database failed", "count", len(group), "error", err)
+		}
+	}
+}
+
+// catchUp waits until the applier has finished every write submitted before the call.
+func (s *BoltStore) catchUp() {
+	s.mu.Lock()
+	target := s.submitted
+	s.mu.Unlock()
+	s.catchUpTo(target)
+}
+
+// catchUpTo waits until the applier has finished count writes.
+func (s *BoltStore) catchUpTo(count int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.done < count {
+		s.applied.Wait()
+	}
+}
+
+func putJob(tx *bolt.Tx, id string, value []byte, state State) error {
+	key := []byte(id)
 	if err := tx.Bucket(jobsBucket).Put(key, value); err != nil {
 		return err
 	}
 
 	unfinished := tx.Bucket(unfinishedBucket)
-	if job.State.Final() {
+	if state.Final() {
 		return unfinished.Delete(key)
 	}
 	return unfinished.Put(key, nil)
 }
 
 func (s *BoltStore) Get(id string) (Job, bool, error) {
+	s.catchUp()
 	var job Job
 	found := false
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -131,6 +439,7 @@ func (s *BoltStore) Get(id string) (Job, bool, error) {
 }
 
 func (s *BoltStore) ListInvocation(invocationID string) ([]Job, error) {
+	s.catchUp()
 	prefix := []byte(invocationPrefix(invocationID))
 	var jobs []Job
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -151,6 +460,7 @@ func (s *BoltStore) ListInvocation(invocationID string) ([]Job, error) {
 }
 
 func (s *BoltStore) ListUnfinished() ([]Job, error) {
+	s.catchUp()
 	var jobs []Job
 	err := s.db.View(func(tx *bolt.Tx) error {
 		all := tx.Bucket(jobsBucket)
@@ -205,9 +515,20 @@ func (s *BoltStore) DeleteFinishedBefore(cutoff time.Time) (int, error) {
 	return deleted, nil
 }
 
+// Close stops taking writes, waits until the database has every job, and closes the files.
 func (s *BoltStore) Close() error {
 	if s.db == nil {
 		return errors.New("close job store: already closed")
+	}
+	close(s.closing)
+	<-s.stopped
+	s.mu.Lock()
+	s.shutdown = true
+	s.mu.Unlock()
+	s.applied.Broadcast()
+	<-s.applierDone
+	for _, log := range s.logs {
+		log.Close()
 	}
 	err := s.db.Close()
 	s.db = nil

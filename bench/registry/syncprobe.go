@@ -10,7 +10,7 @@ import (
 
 // syncProbe measures what any durable acknowledgement costs on this disk at the moment: it
 // overwrites one 4 KiB block of a file in the scratch folder and fdatasyncs it, every
-// interval, until stop closes. img bes stores a push job this way (through bbolt) before it
+// interval, until stop closes. img bes syncs a new push job to its log this way before it
 // acknowledges the event that created the job, so the probe's latency is a floor under the
 // acknowledgement latency of those events.
 type syncProbe struct {

@@ -1,0 +1,220 @@
+package bes
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// TestBoltStoreAppliesLogAtOpen stands for a crash after a job reached a log and before
+// the applier put it into the database: the next open must find it, in either log.
+func TestBoltStoreAppliesLogAtOpen(t *testing.T) {
+	dir := t.TempDir()
+	log, records, err := openJobLog(filepath.Join(dir, "jobs.log.1"), jobLogCapacity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(records) != 0 {
+		t.Fatalf("a new log has %d records", len(records))
+	}
+	var payloads [][]byte
+	for _, label := range []string{"//:a", "//:b"} {
+		payloads = append(payloads, jobJSON(t, testJob("inv-log", label, "bes")))
+	}
+	if err := log.append(payloads); err != nil {
+		t.Fatal(err)
+	}
+	log.Close()
+
+	store, err := OpenBoltStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	jobs, err := store.ListUnfinished()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(jobs) != 2 {
+		t.Errorf("store has %d unfinished jobs after the open, expected the 2 of the log", len(jobs))
+	}
+}
+
+// TestJobLogStopsAtTornRecord checks that reading ends at a record whose checksum fails,
+// as after a crash during a write.
+func TestJobLogStopsAtTornRecord(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "jobs.log")
+	log, _, err := openJobLog(path, 1<<16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := log.append([][]byte{[]byte(`"first"`), []byte(`"second"`), []byte(`"third"`)}); err != nil {
+		t.Fatal(err)
+	}
+	log.Close()
+
+	// The second record's payload starts after the first record and its own header.
+	file, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := file.WriteAt([]byte("X"), jobLogHeader+int64(len(`"first"`))+jobLogHeader+1); err != nil {
+		t.Fatal(err)
+	}
+	file.Close()
+
+	log, records, err := openJobLog(path, 1<<16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	if len(records) != 1 || string(records[0]) != `"first"` {
+		t.Errorf("read %q from a log with a torn second record, expected only the first", records)
+	}
+}
+
+// TestJobLogIgnoresOlderGeneration checks that records left from before a restart of the
+// log, past the newer ones, are not read again.
+func TestJobLogIgnoresOlderGeneration(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "jobs.log")
+	log, _, err := openJobLog(path, 1<<16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := log.append([][]byte{[]byte(`"old-1"`), []byte(`"old-2"`), []byte(`"old-3"`)}); err != nil {
+		t.Fatal(err)
+	}
+	// The new record is as long as the first old one, so the next old record follows it
+	// intact and only its generation distinguishes it.
+	log.restart()
+	if err := log.append([][]byte{[]byte(`"new-1"`)}); err != nil {
+		t.Fatal(err)
+	}
+	log.Close()
+
+	log, records, err := openJobLog(path, 1<<16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	if len(records) != 1 || string(records[0]) != `"new-1"` {
+		t.Errorf("read %q, expected only the record of the newest generation", records)
+	}
+}
+
+// TestBoltStoreLogStartsOver fills a small log many times over and checks that no job is
+// lost, that a replayed job is not created twice, and that reads see every write.
+func TestBoltStoreLogStartsOver(t *testing.T) {
+	dir := t.TempDir()
+	store, err := openBoltStore(dir, 8<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const count = 200
+	for i := range count {
+		created, err := store.Create(testJob("inv-wrap", fmt.Sprintf("//:t%03d", i), "bes"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !created {
+			t.Fatalf("job %d not created", i)
+		}
+	}
+	jobs, err := store.ListInvocation("inv-wrap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(jobs) != count {
+		t.Errorf("store lists %d jobs right after creating %d", len(jobs), count)
+	}
+	if err := store.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	store, err = openBoltStore(dir, 8<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	created, err := store.Create(testJob("inv-wrap", "//:t007", "bes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created {
+		t.Error("a replayed job was created a second time after a restart")
+	}
+	jobs, err = store.ListUnfinished()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(jobs) != count {
+		t.Errorf("store has %d unfinished jobs after a restart, expected %d", len(jobs), count)
+	}
+}
+
+// TestBoltStoreJobLargerThanLog checks that a job too large for the log still gets stored.
+func TestBoltStoreJobLargerThanLog(t *testing.T) {
+	store, err := openBoltStore(t.TempDir(), 4<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	job := testJob("inv-large", "//:large", "bes")
+	job.RequestContents = make([]byte, 64<<10)
+	created, err := store.Create(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !created {
+		t.Error("large job not created")
+	}
+	if _, found, err := store.Get(job.ID); err != nil || !found {
+		t.Errorf("Get of the large job = found %v, %v", found, err)
+	}
+}
+
+// TestBoltStoreConcurrentCreateOnce sends one job from many goroutines at once, as
+// replayed streams do, and expects exactly one of them to create it.
+func TestBoltStoreConcurrentCreateOnce(t *testing.T) {
+	store, err := OpenBoltStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	creations := 0
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			created, err := store.Create(testJob("inv-dup", "//:dup", "bes"))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if created {
+				mu.Lock()
+				creations++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if creations != 1 {
+		t.Errorf("%d of 20 concurrent Creates of one job created it, expected 1", creations)
+	}
+}
+
+func jobJSON(t *testing.T, job Job) []byte {
+	t.Helper()
+	value, err := json.Marshal(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return value
+}
