@@ -14,13 +14,13 @@ import (
 // one fdatasync.
 //
 // The log exists for the latency of that fdatasync. Every write overwrites blocks that the
-// file already has, so on ext4 the sync needs no journal commit: it writes those blocks and
-// flushes the disk cache. A journal commit waits for the writeback of other files on
-// the disk, which took hundreds of milliseconds while a registry on the same disk received
-// an upload. A bbolt commit needs two syncs and, as its file grows, journal commits.
+// file already has and leaves its size alone, so the sync writes those blocks and flushes
+// the disk cache, with no block allocation to record and, on a journaling filesystem, no
+// journal commit, which waits for the writeback of other files. A bbolt commit needs two
+// syncs, and block allocations as its file grows.
 //
-// When the log is full, it starts again from offset 0 with the next generation, once every
-// record is in the job database. A record is
+// When the log starts over, from offset 0 with the next generation, every record in it must
+// already be in the job database. A record is
 //
 //	length uint32 | crc32c(generation, payload) uint32 | generation uint64 | payload
 //

@@ -99,9 +99,13 @@ const (
 	// jobLogCapacity is the size of each log file. A push job takes about 1 KiB, so a log
 	// holds thousands of them.
 	jobLogCapacity = 8 << 20
-	// maxGroupedWrites bounds one log write or transaction, so a burst cannot make one of
-	// them, and every write that waits for it, arbitrarily long.
+	// maxGroupedWrites bounds one log write, so a burst cannot make it, and every Create
+	// that waits for it, arbitrarily long. An applier transaction takes up to four times
+	// as many writes.
 	maxGroupedWrites = 256
+	// applyInterval is the least time between two commits of the applier. Reads wait for
+	// the applier, so it is also how much older than a write a read can be delayed.
+	applyInterval = 20 * time.Millisecond
 )
 
 // OpenBoltStore opens or creates the queue files jobs.db, jobs.log.0 and jobs.log.1 in dir
@@ -342,7 +346,13 @@ func (s *BoltStore) submit(group []*storeWrite) {
 // the time, until Close and an empty queue.
 func (s *BoltStore) apply() {
 	defer close(s.applierDone)
+	var last time.Time
 	for {
+		// Commits at most every applyInterval: each one costs two fdatasyncs and the CPU
+		// of writing back its pages, and no acknowledgement waits for it.
+		time.Sleep(applyInterval - time.Since(last))
+		last = time.Now()
+
 		s.mu.Lock()
 		for len(s.queue) == 0 && !s.shutdown {
 			s.applied.Wait()
@@ -351,7 +361,7 @@ func (s *BoltStore) apply() {
 			s.mu.Unlock()
 			return
 		}
-		group := s.queue[:min(len(s.queue), maxGroupedWrites)]
+		group := s.queue[:min(len(s.queue), 4*maxGroupedWrites)]
 		s.queue = s.queue[len(group):]
 		s.mu.Unlock()
 
