@@ -88,7 +88,7 @@ func startTestServer(t testing.TB, config testServerConfig) *testServer {
 	if config.dataDir == "" {
 		config.dataDir = t.TempDir()
 	}
-	store, err := OpenBoltStore(config.dataDir)
+	store, err := OpenBoltStore(config.dataDir, BoltStoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

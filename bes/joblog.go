@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
+	"sync/atomic"
 )
 
 // jobLog is the write-ahead log of new push jobs: a file of fixed size, filled with zeros
@@ -33,6 +34,8 @@ type jobLog struct {
 	generation uint64
 	// end is the offset of the next record.
 	end int64
+	// unsynced is set by an append that did not sync.
+	unsynced atomic.Bool
 }
 
 const jobLogHeader = 16
@@ -151,9 +154,9 @@ func (l *jobLog) restart() {
 	l.end = 0
 }
 
-// append writes payloads after the last record in one write and syncs it. The caller checks
-// fits first. On failure the log ends where it ended before.
-func (l *jobLog) append(payloads [][]byte) error {
+// append writes payloads after the last record in one write and, with sync, syncs it. The
+// caller checks fits first. On failure the log ends where it ended before.
+func (l *jobLog) append(payloads [][]byte, sync bool) error {
 	buffer := make([]byte, 0, recordsSize(payloads))
 	for _, payload := range payloads {
 		buffer = binary.LittleEndian.AppendUint32(buffer, uint32(len(payload)))
@@ -164,10 +167,33 @@ func (l *jobLog) append(payloads [][]byte) error {
 	if _, err := l.file.WriteAt(buffer, l.end); err != nil {
 		return fmt.Errorf("write job log %s: %w", l.path, err)
 	}
+	if sync {
+		if err := l.sync(); err != nil {
+			return err
+		}
+	} else {
+		l.unsynced.Store(true)
+	}
+	l.end += int64(len(buffer))
+	return nil
+}
+
+// syncIfWritten syncs the log if an append since the last sync did not.
+func (l *jobLog) syncIfWritten() error {
+	if !l.unsynced.Swap(false) {
+		return nil
+	}
+	err := l.sync()
+	if err != nil {
+		l.unsynced.Store(true) // the next call tries again
+	}
+	return err
+}
+
+func (l *jobLog) sync() error {
 	if err := fdatasync(l.file); err != nil {
 		return fmt.Errorf("sync job log %s: %w", l.path, err)
 	}
-	l.end += int64(len(buffer))
 	return nil
 }
 

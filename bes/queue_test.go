@@ -43,7 +43,7 @@ func waitQueue(t *testing.T, queue *Queue, invocationID string) []Job {
 
 func TestQueueResumesJobsAfterKill(t *testing.T) {
 	dir := t.TempDir()
-	store, err := OpenBoltStore(dir)
+	store, err := OpenBoltStore(dir, BoltStoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func TestQueueResumesJobsAfterKill(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	store, err = OpenBoltStore(dir)
+	store, err = OpenBoltStore(dir, BoltStoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestQueueResumesJobsAfterKill(t *testing.T) {
 
 func TestQueueResumesInterruptedPush(t *testing.T) {
 	dir := t.TempDir()
-	store, err := OpenBoltStore(dir)
+	store, err := OpenBoltStore(dir, BoltStoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func TestQueueResumesInterruptedPush(t *testing.T) {
 	}
 	store.Close()
 
-	store, err = OpenBoltStore(dir)
+	store, err = OpenBoltStore(dir, BoltStoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +143,7 @@ func TestQueueResumesInterruptedPush(t *testing.T) {
 }
 
 func TestQueueEnqueueIsIdempotent(t *testing.T) {
-	store, err := OpenBoltStore(t.TempDir())
+	store, err := OpenBoltStore(t.TempDir(), BoltStoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +161,7 @@ func TestQueueEnqueueIsIdempotent(t *testing.T) {
 }
 
 func TestQueueBoundsConcurrency(t *testing.T) {
-	store, err := OpenBoltStore(t.TempDir())
+	store, err := OpenBoltStore(t.TempDir(), BoltStoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestQueueBoundsConcurrency(t *testing.T) {
 }
 
 func TestBoltStoreListsUnfinishedOnly(t *testing.T) {
-	store, err := OpenBoltStore(t.TempDir())
+	store, err := OpenBoltStore(t.TempDir(), BoltStoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,20 +227,20 @@ func TestBoltStoreSecondOpenFails(t *testing.T) {
 		t.Skip("waits one second for the file lock")
 	}
 	dir := t.TempDir()
-	store, err := OpenBoltStore(dir)
+	store, err := OpenBoltStore(dir, BoltStoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer store.Close()
 
-	if second, err := OpenBoltStore(dir); err == nil {
+	if second, err := OpenBoltStore(dir, BoltStoreOptions{}); err == nil {
 		second.Close()
 		t.Errorf("second OpenBoltStore on %s succeeded; expected the lock to reject it", dir)
 	}
 }
 
 func TestQueueDeletesExpiredJobs(t *testing.T) {
-	store, err := OpenBoltStore(t.TempDir())
+	store, err := OpenBoltStore(t.TempDir(), BoltStoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -63,6 +63,8 @@ type BoltStore struct {
 	// logged is the submitted count after the last write to each log: once the applier
 	// is done with that many writes, the database has every job of the log.
 	logged [2]int64
+	// syncInterval is BoltStoreOptions.SyncInterval.
+	syncInterval time.Duration
 
 	writes chan *storeWrite
 	// closing is closed by Close, and stopped when the committer has returned.
@@ -108,14 +110,26 @@ const (
 	applyInterval = 20 * time.Millisecond
 )
 
-// OpenBoltStore opens or creates the queue files jobs.db, jobs.log.0 and jobs.log.1 in dir
-// and moves the jobs that the logs hold into the database. Only one process can hold the database, so a
-// second server on the same dir fails after a second.
-func OpenBoltStore(dir string) (*BoltStore, error) {
-	return openBoltStore(dir, jobLogCapacity)
+// BoltStoreOptions configure a BoltStore. The zero value is the safe default.
+type BoltStoreOptions struct {
+	// SyncInterval, when positive, lets Create return once a new job is written to the
+	// operating system, and syncs the log every SyncInterval instead. A crash of the
+	// process then loses nothing, but a crash of the machine can lose the jobs of the
+	// last interval. Zero syncs every new job before Create returns.
+	SyncInterval time.Duration
+
+	// logCapacity replaces jobLogCapacity in tests.
+	logCapacity int64
 }
 
-func openBoltStore(dir string, logCapacity int64) (*BoltStore, error) {
+// OpenBoltStore opens or creates the queue files jobs.db, jobs.log.0 and jobs.log.1 in dir
+// and moves the jobs that the logs hold into the database. Only one process can hold the
+// database, so a second server on the same dir fails after a second.
+func OpenBoltStore(dir string, opts BoltStoreOptions) (*BoltStore, error) {
+	logCapacity := opts.logCapacity
+	if logCapacity == 0 {
+		logCapacity = jobLogCapacity
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open job store: create data directory %s: %w", dir, err)
 	}
@@ -176,17 +190,21 @@ func openBoltStore(dir string, logCapacity int64) (*BoltStore, error) {
 	}
 
 	s := &BoltStore{
-		db:          db,
-		logs:        logs,
-		writes:      make(chan *storeWrite),
-		closing:     make(chan struct{}),
-		stopped:     make(chan struct{}),
-		pending:     map[string]bool{},
-		applierDone: make(chan struct{}),
+		db:           db,
+		logs:         logs,
+		syncInterval: opts.SyncInterval,
+		writes:       make(chan *storeWrite),
+		closing:      make(chan struct{}),
+		stopped:      make(chan struct{}),
+		pending:      map[string]bool{},
+		applierDone:  make(chan struct{}),
 	}
 	s.applied = sync.NewCond(&s.mu)
 	go s.commit()
 	go s.apply()
+	if s.syncInterval > 0 {
+		go s.syncLogs()
+	}
 	return s, nil
 }
 
@@ -321,7 +339,25 @@ func (s *BoltStore) logJobs(created []*storeWrite) error {
 		s.catchUpTo(s.logged[s.current])
 		log.restart()
 	}
-	return log.append(payloads)
+	return log.append(payloads, s.syncInterval == 0)
+}
+
+// syncLogs syncs the logs every syncInterval until Close.
+func (s *BoltStore) syncLogs() {
+	ticker := time.NewTicker(s.syncInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-s.closing:
+			return
+		case <-ticker.C:
+		}
+		for _, log := range s.logs {
+			if err := log.syncIfWritten(); err != nil {
+				slog.Error("syncing the push job log failed; jobs of the last interval are lost if the machine crashes before the next sync", "error", err)
+			}
+		}
+	}
 }
 
 // submit queues group for the applier. A Create reaches its caller before the applier has

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestBoltStoreAppliesLogAtOpen stands for a crash after a job reached a log and before
@@ -24,12 +25,12 @@ func TestBoltStoreAppliesLogAtOpen(t *testing.T) {
 	for _, label := range []string{"//:a", "//:b"} {
 		payloads = append(payloads, jobJSON(t, testJob("inv-log", label, "bes")))
 	}
-	if err := log.append(payloads); err != nil {
+	if err := log.append(payloads, true); err != nil {
 		t.Fatal(err)
 	}
 	log.Close()
 
-	store, err := OpenBoltStore(dir)
+	store, err := OpenBoltStore(dir, BoltStoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +52,7 @@ func TestJobLogStopsAtTornRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := log.append([][]byte{[]byte(`"first"`), []byte(`"second"`), []byte(`"third"`)}); err != nil {
+	if err := log.append([][]byte{[]byte(`"first"`), []byte(`"second"`), []byte(`"third"`)}, true); err != nil {
 		t.Fatal(err)
 	}
 	log.Close()
@@ -84,13 +85,13 @@ func TestJobLogIgnoresOlderGeneration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := log.append([][]byte{[]byte(`"old-1"`), []byte(`"old-2"`), []byte(`"old-3"`)}); err != nil {
+	if err := log.append([][]byte{[]byte(`"old-1"`), []byte(`"old-2"`), []byte(`"old-3"`)}, true); err != nil {
 		t.Fatal(err)
 	}
 	// The new record is as long as the first old one, so the next old record follows it
 	// intact and only its generation distinguishes it.
 	log.restart()
-	if err := log.append([][]byte{[]byte(`"new-1"`)}); err != nil {
+	if err := log.append([][]byte{[]byte(`"new-1"`)}, true); err != nil {
 		t.Fatal(err)
 	}
 	log.Close()
@@ -109,7 +110,7 @@ func TestJobLogIgnoresOlderGeneration(t *testing.T) {
 // lost, that a replayed job is not created twice, and that reads see every write.
 func TestBoltStoreLogStartsOver(t *testing.T) {
 	dir := t.TempDir()
-	store, err := openBoltStore(dir, 8<<10)
+	store, err := OpenBoltStore(dir, BoltStoreOptions{logCapacity: 8 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +135,7 @@ func TestBoltStoreLogStartsOver(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	store, err = openBoltStore(dir, 8<<10)
+	store, err = OpenBoltStore(dir, BoltStoreOptions{logCapacity: 8 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +158,7 @@ func TestBoltStoreLogStartsOver(t *testing.T) {
 
 // TestBoltStoreJobLargerThanLog checks that a job too large for the log still gets stored.
 func TestBoltStoreJobLargerThanLog(t *testing.T) {
-	store, err := openBoltStore(t.TempDir(), 4<<10)
+	store, err := OpenBoltStore(t.TempDir(), BoltStoreOptions{logCapacity: 4 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +180,7 @@ func TestBoltStoreJobLargerThanLog(t *testing.T) {
 // TestBoltStoreConcurrentCreateOnce sends one job from many goroutines at once, as
 // replayed streams do, and expects exactly one of them to create it.
 func TestBoltStoreConcurrentCreateOnce(t *testing.T) {
-	store, err := OpenBoltStore(t.TempDir())
+	store, err := OpenBoltStore(t.TempDir(), BoltStoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,4 +218,41 @@ func jobJSON(t *testing.T, job Job) []byte {
 		t.Fatal(err)
 	}
 	return value
+}
+
+// TestBoltStoreSyncIntervalKeepsJobs checks that with a sync interval, the jobs that Create
+// returned for are in the log files before any sync, where a process restarted after a
+// crash reads them.
+func TestBoltStoreSyncIntervalKeepsJobs(t *testing.T) {
+	dir := t.TempDir()
+	store, err := OpenBoltStore(dir, BoltStoreOptions{SyncInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, label := range []string{"//:a", "//:b", "//:c"} {
+		if _, err := store.Create(testJob("inv-interval", label, "bes")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !store.logs[store.current].unsynced.Load() {
+		t.Error("the log was synced although the interval has not passed")
+	}
+
+	// The store stays open, so its applier may have moved the jobs into the database, but
+	// the logs keep them.
+	var found int
+	for i := range store.logs {
+		log, records, err := openJobLog(filepath.Join(dir, fmt.Sprintf("jobs.log.%d", i)), jobLogCapacity)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Close()
+		found += len(records)
+	}
+	if found != 3 {
+		t.Errorf("the logs hold %d jobs, expected 3", found)
+	}
+	if err := store.Close(); err != nil {
+		t.Fatal(err)
+	}
 }

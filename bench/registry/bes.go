@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -65,6 +66,7 @@ func (b *bench) besLoad() error {
 		dir := filepath.Join(b.work, "bes")
 		args := []string{"bes", "--address", "127.0.0.1", "--port", strconv.Itoa(port), "--http-port", strconv.Itoa(httpPort),
 			"--data-dir", filepath.Join(dir, "data"), "--cas-endpoint", cache.Endpoint(), "--log-level", "warn"}
+		args = append(args, strings.Fields(b.besArgs)...)
 		s.commands["img bes"] = "$BIN/img " + joinArgs(args)
 		return benchkit.StartServer("img bes", filepath.Join(b.work, "bes.log"), b.img, args, nil, benchkit.TCPAccepts(addr))
 	})

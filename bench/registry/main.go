@@ -40,6 +40,7 @@ func main() {
 	flag.Int64Var(&b.largeCAS, "cas-large-bytes", 10<<30, "size in bytes of the large image of the cas_registry comparison")
 	flag.Float64Var(&b.besRate, "bes-rate", 5000, "build events per second that the BES load client sends")
 	flag.DurationVar(&b.besDuration, "bes-duration", 0, "length of each BES load phase (default 20s)")
+	flag.StringVar(&b.besArgs, "bes-args", "", "extra arguments for img bes, separated by spaces, for example -bes-args=--job-sync-interval=100ms")
 	flag.StringVar(&b.tmpfs, "tmpfs", "/dev/shm", "tmpfs folder for the storage of the registry that stands in for a registry on another machine in the BES comparison")
 	flag.StringVar(&b.besStream, "bes-stream", "bes/testdata/bazel-4.2.3-build.binpb", "captured Bazel event stream that the BES load client replays")
 	flag.StringVar(&scenarios, "scenarios", strings.Join(allScenarios, ","), "comma-separated comparisons to run: "+strings.Join(allScenarios, ", "))

@@ -24,6 +24,7 @@ type bench struct {
 	besDuration time.Duration
 	besStream   string
 	tmpfs       string
+	besArgs     string
 	clientLog   string
 
 	cache   *benchkit.BazelRemote

@@ -36,6 +36,7 @@ type besFlags struct {
 	remoteHeaders    []string
 	credentialHelper string
 	dataDir          string
+	jobSyncInterval  time.Duration
 	jobs             int
 	maxAttempts      int
 	retention        time.Duration
@@ -88,6 +89,7 @@ fails the bazel command.`,
 	f.StringArrayVar(&flags.remoteHeaders, "remote-header", nil, "extra header NAME=VALUE on every remote cache call (repeatable)")
 	f.StringVar(&flags.credentialHelper, "credential-helper", os.Getenv("IMG_CREDENTIAL_HELPER"), "Bazel credential helper that supplies headers for the remote cache and registries (default $IMG_CREDENTIAL_HELPER)")
 	f.StringVar(&flags.dataDir, "data-dir", "", "folder of the push job database (default $XDG_DATA_HOME/img/bes or ~/.local/share/img/bes)")
+	f.DurationVar(&flags.jobSyncInterval, "job-sync-interval", 0, "0 writes every new push job to disk (fdatasync) before acknowledging the build event that created it; a positive value acknowledges once the job is written to the operating system and syncs every interval, so a crash of img bes loses no push but a crash of the machine can lose those of the last interval, in exchange for acknowledgements that never wait for the disk")
 	f.IntVar(&flags.jobs, "jobs", 4, "number of images pushed at once")
 	f.IntVar(&flags.maxAttempts, "max-attempts", 5, "attempts of a push that fails with a transient error, with exponential backoff from 1s to 1m, before it is marked failed")
 	f.DurationVar(&flags.retention, "retention", 7*24*time.Hour, "how long finished pushes stay on the results pages and in --data-dir; 0 keeps them forever")
@@ -129,7 +131,10 @@ func runBES(ctx context.Context, flags *besFlags) error {
 	}
 	defer caches.Close()
 
-	store, err := bes.OpenBoltStore(flags.dataDir)
+	if flags.jobSyncInterval < 0 {
+		return fmt.Errorf("invalid --job-sync-interval %s; use 0 to sync every new job before its event is acknowledged, or a positive duration such as 100ms", flags.jobSyncInterval)
+	}
+	store, err := bes.OpenBoltStore(flags.dataDir, bes.BoltStoreOptions{SyncInterval: flags.jobSyncInterval})
 	if err != nil {
 		return err
 	}
