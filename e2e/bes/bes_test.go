@@ -67,7 +67,7 @@ type besServer struct {
 func startBESServer(t *testing.T, pusher bes.Pusher, mode bes.CommitMode) *besServer {
 	t.Helper()
 
-	store, err := bes.OpenBoltStore(t.TempDir())
+	store, err := bes.OpenBoltStore(t.TempDir(), bes.BoltStoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
