@@ -46,6 +46,10 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, name, reference
 	}
 	requestInfoFrom(r).digest = dgst.String()
 
+	if err := s.checkLinked(r, name, dgst); err != nil {
+		writeError(w, r, err)
+		return
+	}
 	size, err := s.blobs.Stat(ctx, dgst)
 	if err != nil {
 		writeError(w, r, blobError(err))
@@ -147,11 +151,11 @@ func parseRange(header string, size int64) (start, end int64, partial bool, err 
 	return start, end, true, nil
 }
 
-// deleteBlob removes a blob from the store. Blobs are shared by all repositories, so this
-// removes it for every repository.
+// deleteBlob removes a blob from one repository. The store keeps one copy of each blob for
+// every repository, so the bytes stay and other repositories still serve the blob.
 //
-// NOTE: the store does not track which manifests reference a blob, so deleting a blob that a
-// manifest still lists breaks pulls of that manifest.
+// TODO: nothing removes the bytes of a blob that no repository links any more. Until a
+// garbage collection exists, only deleting the store's own files or objects frees them.
 func (s *Server) deleteBlob(w http.ResponseWriter, r *http.Request, name, reference string) {
 	dgst, err := parseDigest(reference)
 	if err != nil {
@@ -160,14 +164,30 @@ func (s *Server) deleteBlob(w http.ResponseWriter, r *http.Request, name, refere
 	}
 	requestInfoFrom(r).digest = dgst.String()
 
-	if err := s.blobs.Delete(r.Context(), dgst); err != nil {
-		if errors.Is(err, blobstore.ErrReadOnly) {
-			writeError(w, r, wrapError(codeUnsupported, err))
-			return
-		}
+	if err := s.checkLinked(r, name, dgst); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	if _, err := s.blobs.Stat(r.Context(), dgst); err != nil {
 		writeError(w, r, blobError(err))
+		return
+	}
+	if err := s.metadata.UnlinkBlob(r.Context(), name, dgst); err != nil {
+		writeError(w, r, err)
 		return
 	}
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusAccepted)
+}
+
+// checkLinked returns BLOB_UNKNOWN when the blob was deleted from repository name.
+func (s *Server) checkLinked(r *http.Request, name string, dgst digest.Digest) error {
+	unlinked, err := s.metadata.BlobUnlinked(r.Context(), name, dgst)
+	if err != nil {
+		return err
+	}
+	if unlinked {
+		return blobError(fmt.Errorf("blob %s was deleted from repository %s; push it again to restore it: %w", dgst, name, blobstore.ErrNotFound))
+	}
+	return nil
 }

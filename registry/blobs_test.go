@@ -82,6 +82,41 @@ func TestBlobDelete(t *testing.T) {
 	expectErrorCode(t, resp, http.StatusNotFound, "BLOB_UNKNOWN")
 }
 
+// TestBlobDeleteKeepsOtherRepositories checks that deleting a blob from one repository leaves
+// it in another that uses it, and that a manifest or a new upload links it again.
+func TestBlobDeleteKeepsOtherRepositories(t *testing.T) {
+	reg := startRegistry(t, 0)
+	manifest := reg.pushImage(t, "team/one", "shared layer")
+	reg.pushImage(t, "team/two", "shared layer")
+	layer := digest.FromString("shared layer")
+
+	resp := reg.do(t, http.MethodDelete, "/v2/team/one/blobs/"+layer.String(), nil)
+	expectStatus(t, resp, http.StatusAccepted)
+	resp = reg.do(t, http.MethodGet, "/v2/team/one/blobs/"+layer.String(), nil)
+	expectErrorCode(t, resp, http.StatusNotFound, "BLOB_UNKNOWN")
+	resp = reg.do(t, http.MethodGet, "/v2/team/two/blobs/"+layer.String(), nil)
+	expectStatus(t, resp, http.StatusOK)
+
+	// A mount from the repository that deleted the blob finds nothing to mount.
+	resp = reg.do(t, http.MethodPost, "/v2/team/three/blobs/uploads/?mount="+layer.String()+"&from=team/one", nil)
+	expectStatus(t, resp, http.StatusAccepted)
+	resp = reg.do(t, http.MethodPost, "/v2/team/three/blobs/uploads/?mount="+layer.String()+"&from=team/two", nil)
+	expectStatus(t, resp, http.StatusCreated)
+	resp = reg.do(t, http.MethodHead, "/v2/team/three/blobs/"+layer.String(), nil)
+	expectStatus(t, resp, http.StatusOK)
+
+	resp = reg.do(t, http.MethodPut, "/v2/team/one/manifests/again", manifest, "Content-Type", "application/vnd.oci.image.manifest.v1+json")
+	expectStatus(t, resp, http.StatusCreated)
+	resp = reg.do(t, http.MethodHead, "/v2/team/one/blobs/"+layer.String(), nil)
+	expectStatus(t, resp, http.StatusOK)
+
+	resp = reg.do(t, http.MethodDelete, "/v2/team/one/blobs/"+layer.String(), nil)
+	expectStatus(t, resp, http.StatusAccepted)
+	reg.pushBlob(t, "team/one", []byte("shared layer"))
+	resp = reg.do(t, http.MethodHead, "/v2/team/one/blobs/"+layer.String(), nil)
+	expectStatus(t, resp, http.StatusOK)
+}
+
 func TestRouteNestedRepositoryName(t *testing.T) {
 	reg := startRegistry(t, 0)
 	dgst := reg.pushBlob(t, "org/team/blobs/app", []byte("nested"))

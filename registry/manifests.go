@@ -184,6 +184,12 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, name, refer
 		writeError(w, r, err)
 		return
 	}
+	// A manifest that lists a blob deleted from this repository makes it visible again,
+	// as pushing the blob would: the bytes never left the registry.
+	if err := s.metadata.LinkBlobs(ctx, name, fields.blobDigests()...); err != nil {
+		writeError(w, r, err)
+		return
+	}
 
 	header := w.Header()
 	header.Set("Location", "/v2/"+name+"/manifests/"+dgst.String())
@@ -329,13 +335,7 @@ func (s *Server) checkReferences(r *http.Request, name, mediaType string, fields
 		return nil
 	}
 
-	var blobs []descriptor
-	if fields.Config != nil {
-		blobs = append(blobs, *fields.Config)
-	}
-	blobs = append(blobs, fields.Layers...)
-	blobs = append(blobs, fields.Blobs...)
-	for _, blob := range blobs {
+	for _, blob := range fields.blobs() {
 		if len(blob.URLs) > 0 || strings.Contains(blob.MediaType, "nondistributable") || strings.Contains(blob.MediaType, "foreign") {
 			continue
 		}
@@ -389,4 +389,22 @@ func (s *Server) deleteManifest(w http.ResponseWriter, r *http.Request, name, re
 	}
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusAccepted)
+}
+
+// blobs returns the config, layers and blobs a manifest lists.
+func (f manifestFields) blobs() []descriptor {
+	var blobs []descriptor
+	if f.Config != nil {
+		blobs = append(blobs, *f.Config)
+	}
+	blobs = append(blobs, f.Layers...)
+	return append(blobs, f.Blobs...)
+}
+
+func (f manifestFields) blobDigests() []digest.Digest {
+	var digests []digest.Digest
+	for _, blob := range f.blobs() {
+		digests = append(digests, blob.Digest)
+	}
+	return digests
 }

@@ -67,20 +67,34 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, name, _ str
 	s.writeUploadStatus(w, name, writer, http.StatusAccepted)
 }
 
-// mountBlob responds 201 to a mount when the blob exists and returns false when it does not.
-// Blobs are shared by all repositories, so the from parameter needs no check of its own.
+// mountBlob responds 201 to a mount when the blob exists and was not deleted from the from
+// repository, and returns false otherwise.
 func (s *Server) mountBlob(w http.ResponseWriter, r *http.Request, name, mount string) bool {
 	dgst, err := parseDigest(mount)
 	if err != nil {
 		return false
 	}
 	requestInfoFrom(r).digest = dgst.String()
+	if from := r.URL.Query().Get("from"); from != "" {
+		unlinked, err := s.metadata.BlobUnlinked(r.Context(), from, dgst)
+		if err != nil {
+			writeError(w, r, err)
+			return true
+		}
+		if unlinked {
+			return false
+		}
+	}
 	if _, err := s.blobs.Stat(r.Context(), dgst); err != nil {
 		if !errors.Is(err, blobstore.ErrNotFound) {
 			writeError(w, r, err)
 			return true
 		}
 		return false
+	}
+	if err := s.metadata.LinkBlobs(r.Context(), name, dgst); err != nil {
+		writeError(w, r, err)
+		return true
 	}
 
 	w.Header().Set("Location", blobLocation(name, dgst))
@@ -158,6 +172,10 @@ func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, name strin
 	}
 	if err := writer.Commit(ctx, dgst); err != nil {
 		fail(uploadError(err))
+		return
+	}
+	if err := s.metadata.LinkBlobs(ctx, name, dgst); err != nil {
+		writeError(w, r, err)
 		return
 	}
 

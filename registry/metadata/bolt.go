@@ -21,6 +21,7 @@ import (
 //	repositories/<repository>/referrers/<subject digest> <referrer digest>   JSON Descriptor
 //	blobsizes/<digest>                              8-byte big-endian size
 //	aliases/<digest>                                digest of the same bytes (blobstore.AliasIndex)
+//	unlinked/<repository> NUL <digest>              1: a blob deleted from that repository
 var (
 	bucketRepositories = []byte("repositories")
 	bucketManifests    = []byte("manifests")
@@ -28,6 +29,7 @@ var (
 	bucketReferrers    = []byte("referrers")
 	bucketBlobSizes    = []byte("blobsizes")
 	bucketAliases      = []byte("aliases")
+	bucketUnlinked     = []byte("unlinked")
 )
 
 type boltManifest struct {
@@ -52,7 +54,7 @@ func OpenBolt(path string) (*Bolt, error) {
 		return nil, fmt.Errorf("open metadata database %s (is another img registry using this --data-dir?): %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketRepositories, bucketBlobSizes, bucketAliases} {
+		for _, name := range [][]byte{bucketRepositories, bucketBlobSizes, bucketAliases, bucketUnlinked} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -432,4 +434,60 @@ func (b *Bolt) DeleteAlias(ctx context.Context, dgst digest.Digest) error {
 		return fmt.Errorf("forget alias of blob %s: %w", dgst, err)
 	}
 	return nil
+}
+
+func unlinkedKey(repository string, dgst digest.Digest) []byte {
+	return []byte(repository + "\x00" + dgst.String())
+}
+
+// UnlinkBlob records that the blob was deleted from repository.
+func (b *Bolt) UnlinkBlob(ctx context.Context, repository string, dgst digest.Digest) error {
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketUnlinked).Put(unlinkedKey(repository, dgst), []byte{1})
+	})
+	if err != nil {
+		return fmt.Errorf("record the deletion of blob %s from %s: %w", dgst, repository, err)
+	}
+	return nil
+}
+
+// LinkBlobs removes the deletion records of dgsts in repository. It writes only when one
+// exists, so the common case, an upload or manifest of blobs never deleted, costs a read.
+func (b *Bolt) LinkBlobs(ctx context.Context, repository string, dgsts ...digest.Digest) error {
+	var unlinked []digest.Digest
+	err := b.db.View(func(tx *bolt.Tx) error {
+		bucket := tx.Bucket(bucketUnlinked)
+		for _, dgst := range dgsts {
+			if bucket.Get(unlinkedKey(repository, dgst)) != nil {
+				unlinked = append(unlinked, dgst)
+			}
+		}
+		return nil
+	})
+	if err != nil || len(unlinked) == 0 {
+		return err
+	}
+	err = b.db.Update(func(tx *bolt.Tx) error {
+		bucket := tx.Bucket(bucketUnlinked)
+		for _, dgst := range unlinked {
+			if err := bucket.Delete(unlinkedKey(repository, dgst)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("link blobs again in %s: %w", repository, err)
+	}
+	return nil
+}
+
+// BlobUnlinked reports whether the blob was deleted from repository and not linked since.
+func (b *Bolt) BlobUnlinked(ctx context.Context, repository string, dgst digest.Digest) (bool, error) {
+	unlinked := false
+	err := b.db.View(func(tx *bolt.Tx) error {
+		unlinked = tx.Bucket(bucketUnlinked).Get(unlinkedKey(repository, dgst)) != nil
+		return nil
+	})
+	return unlinked, err
 }

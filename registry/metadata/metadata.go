@@ -75,6 +75,14 @@ type Store interface {
 	PutBlobSize(ctx context.Context, dgst digest.Digest, size int64) error
 	DeleteBlobSize(ctx context.Context, dgst digest.Digest) error
 
+	// UnlinkBlob hides a blob from one repository: HEAD and GET there report it unknown
+	// until LinkBlobs links it again. The bytes stay, because every repository shares them.
+	UnlinkBlob(ctx context.Context, repository string, dgst digest.Digest) error
+	// LinkBlobs undoes UnlinkBlob for each of dgsts in repository.
+	LinkBlobs(ctx context.Context, repository string, dgsts ...digest.Digest) error
+	// BlobUnlinked reports whether UnlinkBlob hid the blob from repository.
+	BlobUnlinked(ctx context.Context, repository string, dgst digest.Digest) (bool, error)
+
 	// Alias, PutAlias and DeleteAlias map a digest to another digest of the same bytes
 	// (blobstore.AliasIndex), for stores that keep blobs under one algorithm.
 	Alias(ctx context.Context, dgst digest.Digest) (digest.Digest, error)
