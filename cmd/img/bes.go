@@ -89,7 +89,7 @@ fails the bazel command.`,
 	f.StringArrayVar(&flags.remoteHeaders, "remote-header", nil, "extra header NAME=VALUE on every remote cache call (repeatable)")
 	f.StringVar(&flags.credentialHelper, "credential-helper", os.Getenv("IMG_CREDENTIAL_HELPER"), "Bazel credential helper that supplies headers for the remote cache and registries (default $IMG_CREDENTIAL_HELPER)")
 	f.StringVar(&flags.dataDir, "data-dir", "", "folder of the push job database (default $XDG_DATA_HOME/img/bes or ~/.local/share/img/bes)")
-	f.DurationVar(&flags.jobSyncInterval, "job-sync-interval", 0, "0 writes every new push job to disk (fdatasync) before acknowledging the build event that created it; a positive value acknowledges once the job is written to the operating system and syncs every interval, so a crash of img bes loses no push but a crash of the machine can lose those of the last interval, in exchange for acknowledgements that never wait for the disk")
+	f.DurationVar(&flags.jobSyncInterval, "job-sync-interval", 0, "0, the default, writes every new push job to disk (fdatasync) before acknowledging the build event that created it; a positive value such as 100ms acknowledges once the job is written to the operating system and syncs every interval, so a crash of img bes loses no push but a crash of the machine can lose those of the last interval, in exchange for acknowledgements that never wait for the disk")
 	f.IntVar(&flags.jobs, "jobs", 4, "number of images pushed at once")
 	f.IntVar(&flags.maxAttempts, "max-attempts", 5, "attempts of a push that fails with a transient error, with exponential backoff from 1s to 1m, before it is marked failed")
 	f.DurationVar(&flags.retention, "retention", 7*24*time.Hour, "how long finished pushes stay on the results pages and in --data-dir; 0 keeps them forever")
@@ -188,7 +188,8 @@ func runBES(ctx context.Context, flags *besFlags) error {
 	logger.Info("bes server started",
 		"bes_backend", "grpc://"+grpcListener.Addr().String(),
 		"bes_results_url", resultsURL,
-		"data_dir", flags.dataDir, "jobs", flags.jobs, "commit_mode", mode, "push_kinds", flags.pushKinds)
+		"data_dir", flags.dataDir, "jobs", flags.jobs, "commit_mode", mode, "push_kinds", flags.pushKinds,
+		"job_sync_interval", flags.jobSyncInterval)
 
 	var serveErr error
 	select {
