@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -183,6 +184,9 @@ func readPushInput(f *pushFlags, args []string) (*image.Request, []string, error
 		source, args = args[0], args[1:]
 	}
 	info, err := os.Stat(source)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("the image to push, %s, does not exist: give an OCI layout directory, the --metadata file of img manifest or img index, or a push request file (bazel-bin/.../NAME.request.json after bazel build)", source)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading the image to push: %w", err)
 	}
