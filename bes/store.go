@@ -269,21 +269,24 @@ func (s *BoltStore) commit() {
 		if err == nil {
 			err = s.logJobs(created)
 		}
-		// Every Create hears back once the log has its job, a replayed one too. Those
-		// that went to the database directly hear back from the applier.
-		for _, write := range group {
-			if write.create {
-				write.result <- err
-			}
-		}
+		answer := slices.Clone(group)
 		if err != nil {
 			group = slices.DeleteFunc(group, func(write *storeWrite) bool { return write.create || write.created })
 		}
+		// Submitted before the callers hear back, so that a read right after a Create
+		// waits for the applier to put the job in the database.
 		s.submit(group)
 		if len(created) > 0 && err == nil {
 			s.mu.Lock()
 			s.logged[s.current] = s.submitted
 			s.mu.Unlock()
+		}
+		// Every Create hears back once the log has its job, a replayed one too. Those
+		// that went to the database directly hear back from the applier.
+		for _, write := range answer {
+			if write.create {
+				write.result <- err
+			}
 		}
 	}
 }

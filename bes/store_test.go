@@ -256,3 +256,22 @@ func TestBoltStoreSyncIntervalKeepsJobs(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestBoltStoreReadSeesCreate checks that a read right after Create returns lists the new
+// job, although the applier moves it into the database later.
+func TestBoltStoreReadSeesCreate(t *testing.T) {
+	store, err := OpenBoltStore(t.TempDir(), BoltStoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	for i := range 20 {
+		job := testJob("inv-read", fmt.Sprintf("//:r%03d", i), "bes")
+		if _, err := store.Create(job); err != nil {
+			t.Fatal(err)
+		}
+		if _, found, err := store.Get(job.ID); err != nil || !found {
+			t.Fatalf("Get right after Create of job %d = found %v, %v", i, found, err)
+		}
+	}
+}
