@@ -15,10 +15,10 @@ import (
 // one fdatasync.
 //
 // The log exists for the latency of that fdatasync. Every write overwrites blocks that the
-// file already has and leaves its size alone, so the sync writes those blocks and flushes
-// the disk cache, with no block allocation to record and, on a journaling filesystem, no
-// journal commit, which waits for the writeback of other files. A bbolt commit needs two
-// syncs, and block allocations as its file grows.
+// file already has and leaves its size alone. So the sync only writes those blocks and
+// flushes the disk cache: it records no block allocation, and on a journaling filesystem it
+// needs no journal commit, which would wait for the writeback of other files. A bbolt
+// commit needs two syncs, and block allocations as its file grows.
 //
 // When the log starts over, from offset 0 with the next generation, every record in it must
 // already be in the job database. A record is

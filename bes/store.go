@@ -42,8 +42,8 @@ var (
 )
 
 // BoltStore is a Store in one bbolt file, jobs.db, with a write-ahead log in front of it,
-// the files jobs.log.0 and jobs.log.1. Jobs are JSON values keyed by job ID; a second bucket indexes the unfinished
-// ones so that a restart does not scan every old job.
+// the files jobs.log.0 and jobs.log.1. Jobs are JSON values keyed by job ID. A second
+// bucket indexes the unfinished ones, so that a restart does not scan every old job.
 //
 // Create is on the path of a build event's acknowledgement, so it returns once the new job
 // is in the log (see jobLog), and an applier goroutine moves jobs into the database
@@ -363,8 +363,8 @@ func (s *BoltStore) syncLogs() {
 	}
 }
 
-// submit queues group for the applier. A Create reaches its caller before the applier has
-// it, so it is in pending until then.
+// submit queues group for the applier. Created jobs stay in pending until the applier has
+// put them in the database.
 func (s *BoltStore) submit(group []*storeWrite) {
 	if len(group) == 0 {
 		return

@@ -12,11 +12,11 @@ import (
 	"github.com/rulesimg/img/bench/internal/benchkit"
 )
 
-// besLoad starts img bes and replays the captured Bazel event stream at a fixed rate: alone,
-// then while lazy pushes of a 1 GiB image run on the same machine into a registry whose
-// storage is in b.tmpfs, so its writes do not reach this machine's disk, as with a registry
-// on another machine, and then into a registry that writes them to the disk img bes syncs
-// its job store to.
+// besLoad starts img bes and replays the captured Bazel event stream at a fixed rate in
+// three phases. The first runs alone. In the second, lazy pushes of a 1 GiB image run on the
+// same machine into a registry whose storage is in b.tmpfs, so its writes do not reach this
+// machine's disk, as with a registry on another machine. In the third, the registry writes
+// them to the disk that img bes syncs its job store to.
 func (b *bench) besLoad() error {
 	s := newScenario(fmt.Sprintf("img bes: acknowledgement latency at %.0f events/s", b.besRate))
 	b.results = append(b.results, s)

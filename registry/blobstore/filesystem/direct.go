@@ -77,8 +77,8 @@ func (u *Upload) readFromDirect(r io.Reader) (int64, error) {
 	defer directBuffers.Put(buffers[0])
 	defer directBuffers.Put(buffers[1])
 
-	// A buffer always starts at a block boundary of the file: at base, holding the bytes
-	// base..size again when the session ends inside a block.
+	// A buffer always starts at a block boundary of the file, at base. When the session ends
+	// inside a block, the buffer starts with the stored bytes base..size again.
 	start := u.size
 	base := u.size &^ (directAlign - 1)
 	head := int(u.size - base)
@@ -119,7 +119,7 @@ func (u *Upload) readFromDirect(r io.Reader) (int64, error) {
 			continue
 		}
 
-		// The body ended or failed: store what arrived, then report a failure.
+		// The body ended or failed: store what arrived, then report the failure, if any.
 		if err := wait(); err != nil {
 			return u.size - start, err
 		}
@@ -134,7 +134,7 @@ func (u *Upload) readFromDirect(r io.Reader) (int64, error) {
 }
 
 // writeDirect writes a whole aligned buffer at file offset base, whose first head bytes the
-// file already holds, and hashes the new ones.
+// file already contains, and hashes the new ones.
 func (u *Upload) writeDirect(buf []byte, base int64, head int) error {
 	if _, err := u.direct.WriteAt(buf, base); err != nil {
 		return u.failDirect(err)
@@ -144,7 +144,7 @@ func (u *Upload) writeDirect(buf []byte, base int64, head int) error {
 }
 
 // flushDirect stores the last, partly filled buffer that starts at file offset base and
-// whose first head bytes the file already holds: the aligned part with O_DIRECT, the rest
+// whose first head bytes the file already contains: the aligned part with O_DIRECT, the rest
 // through the page cache.
 func (u *Upload) flushDirect(buf []byte, base int64, head int) error {
 	aligned := len(buf) &^ (directAlign - 1)
@@ -167,7 +167,8 @@ func (u *Upload) flushDirect(buf []byte, base int64, head int) error {
 	return err
 }
 
-// hashStored records bytes that were just written after the stored ones.
+// hashStored counts bytes just written after the stored ones, and hashes them while the
+// running hash covers every earlier byte.
 func (u *Upload) hashStored(p []byte) {
 	if u.hashed == u.size {
 		u.sha256.Write(p)
@@ -177,7 +178,7 @@ func (u *Upload) hashStored(p []byte) {
 }
 
 // failDirect cuts off whatever a failed write left past the stored bytes, so the file again
-// holds exactly size bytes and the session can go on.
+// contains exactly size bytes and the session can go on.
 func (u *Upload) failDirect(err error) error {
 	if terr := u.file.Truncate(u.size); terr != nil {
 		return fmt.Errorf("write upload %s: %w (and trimming the file back to %d bytes failed: %v)", u.id, err, u.size, terr)
@@ -185,6 +186,8 @@ func (u *Upload) failDirect(err error) error {
 	return fmt.Errorf("write upload %s: %w", u.id, err)
 }
 
+// readBack reads stored bytes at offset through a descriptor of its own, because the
+// session's descriptors are write-only.
 func (u *Upload) readBack(p []byte, offset int64) error {
 	file, err := os.Open(u.path)
 	if err != nil {

@@ -214,11 +214,7 @@ func (u *Upload) Path() string { return u.path }
 // Write appends p to the session file.
 func (u *Upload) Write(p []byte) (int, error) {
 	n, err := u.file.Write(p)
-	if u.hashed == u.size {
-		u.sha256.Write(p[:n])
-		u.hashed += int64(n)
-	}
-	u.size += int64(n)
+	u.hashStored(p[:n])
 	if err != nil {
 		return n, fmt.Errorf("write upload %s: %w", u.id, err)
 	}
