@@ -8,6 +8,9 @@ import (
 	"io"
 	"os"
 	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // jobLog is the write-ahead log of new push jobs: a file of fixed size, filled with zeros
@@ -36,6 +39,8 @@ type jobLog struct {
 	end int64
 	// unsynced is set by an append that did not sync.
 	unsynced atomic.Bool
+	// syncSeconds, when set, observes the duration of every sync.
+	syncSeconds prometheus.Observer
 }
 
 const jobLogHeader = 16
@@ -191,8 +196,12 @@ func (l *jobLog) syncIfWritten() error {
 }
 
 func (l *jobLog) sync() error {
+	start := time.Now()
 	if err := fdatasync(l.file); err != nil {
 		return fmt.Errorf("sync job log %s: %w", l.path, err)
+	}
+	if l.syncSeconds != nil {
+		l.syncSeconds.Observe(time.Since(start).Seconds())
 	}
 	return nil
 }

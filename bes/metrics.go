@@ -18,6 +18,7 @@ type Metrics struct {
 	jobsQueued    prometheus.Gauge
 	pushSeconds   *prometheus.HistogramVec
 	replayedEvent prometheus.Counter
+	jobLogSync    prometheus.Histogram
 }
 
 // NewMetrics creates the collectors and registers them on registerer.
@@ -69,9 +70,22 @@ func NewMetrics(registerer prometheus.Registerer) *Metrics {
 			Name: "img_bes_replayed_events_total",
 			Help: "Build events acknowledged again without processing, because Bazel resent a sequence number already processed.",
 		}),
+		jobLogSync: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "img_bes_job_log_sync_seconds",
+			Help: "Duration of one fdatasync of the push job log, in seconds. With the default --job-sync-interval 0, " +
+				"an event that creates a push job waits for the sync in progress and its own.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}),
 	}
 
 	registerer.MustRegister(m.events, m.ackSeconds, m.streams, m.streamErrors, m.jobsCreated,
-		m.jobsFinished, m.jobsRetried, m.jobsRunning, m.jobsQueued, m.pushSeconds, m.replayedEvent)
+		m.jobsFinished, m.jobsRetried, m.jobsRunning, m.jobsQueued, m.pushSeconds, m.replayedEvent,
+		m.jobLogSync)
 	return m
+}
+
+// JobLogSync observes the syncs of the job log, for BoltStoreOptions.SyncSeconds. A slow
+// disk shows here before it shows in the acknowledgement latency.
+func (m *Metrics) JobLogSync() prometheus.Observer {
+	return m.jobLogSync
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -117,6 +118,9 @@ type BoltStoreOptions struct {
 	// process then loses nothing, but a crash of the machine can lose the jobs of the
 	// last interval. Zero syncs every new job before Create returns.
 	SyncInterval time.Duration
+	// SyncSeconds, when set, observes the duration of every sync of the log, as
+	// Metrics.JobLogSync does.
+	SyncSeconds prometheus.Observer
 
 	// logCapacity replaces jobLogCapacity in tests.
 	logCapacity int64
@@ -154,6 +158,7 @@ func OpenBoltStore(dir string, opts BoltStoreOptions) (*BoltStore, error) {
 			closeAll()
 			return nil, fmt.Errorf("open job store: %w", err)
 		}
+		log.syncSeconds = opts.SyncSeconds
 		logs[i] = log
 		records = append(records, logRecords...)
 	}

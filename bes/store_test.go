@@ -8,6 +8,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // TestBoltStoreAppliesLogAtOpen stands for a crash after a job reached a log and before
@@ -273,5 +276,29 @@ func TestBoltStoreReadSeesCreate(t *testing.T) {
 		if _, found, err := store.Get(job.ID); err != nil || !found {
 			t.Fatalf("Get right after Create of job %d = found %v, %v", i, found, err)
 		}
+	}
+}
+
+// TestBoltStoreObservesSyncs checks that every sync of a new job reaches SyncSeconds, which
+// /metrics shows as img_bes_job_log_sync_seconds.
+func TestBoltStoreObservesSyncs(t *testing.T) {
+	registry := prometheus.NewRegistry()
+	metrics := NewMetrics(registry)
+	store, err := OpenBoltStore(t.TempDir(), BoltStoreOptions{SyncSeconds: metrics.JobLogSync()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	for _, label := range []string{"//:a", "//:b"} {
+		if _, err := store.Create(testJob("inv-sync", label, "bes")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var sample dto.Metric
+	if err := metrics.jobLogSync.Write(&sample); err != nil {
+		t.Fatal(err)
+	}
+	if count := sample.GetHistogram().GetSampleCount(); count != 2 {
+		t.Errorf("the sync histogram counted %d syncs for two Creates one after the other, expected 2", count)
 	}
 }

@@ -134,7 +134,10 @@ func runBES(ctx context.Context, flags *besFlags) error {
 	if flags.jobSyncInterval < 0 {
 		return fmt.Errorf("invalid --job-sync-interval %s; use 0 to sync every new job before its event is acknowledged, or a positive duration such as 100ms", flags.jobSyncInterval)
 	}
-	store, err := bes.OpenBoltStore(flags.dataDir, bes.BoltStoreOptions{SyncInterval: flags.jobSyncInterval})
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	besMetrics := bes.NewMetrics(metrics)
+	store, err := bes.OpenBoltStore(flags.dataDir, bes.BoltStoreOptions{SyncInterval: flags.jobSyncInterval, SyncSeconds: besMetrics.JobLogSync()})
 	if err != nil {
 		return err
 	}
@@ -145,14 +148,12 @@ func runBES(ctx context.Context, flags *besFlags) error {
 	}
 	defer events.Close()
 
-	metrics := prometheus.NewRegistry()
-	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	queue := bes.NewQueue(store, caches, newLazyPusher(caches, pushOptions), bes.QueueOptions{
 		Workers:     flags.jobs,
 		MaxAttempts: flags.maxAttempts,
 		Retention:   flags.retention,
 		Logger:      logger,
-		Metrics:     bes.NewMetrics(metrics),
+		Metrics:     besMetrics,
 	})
 
 	grpcListener, err := net.Listen("tcp", net.JoinHostPort(flags.address, strconv.Itoa(flags.port)))
