@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/rulesimg/img/bench/internal/benchkit"
@@ -81,12 +82,17 @@ func (b *bench) besLoad() error {
 			"*ack* runs from sending an event to its acknowledgement; *from schedule* runs from the moment the fixed rate made the event due.", b.besRate, len(events), streams, duration),
 		"",
 		"*disk fdatasync* comes from a probe in this program that overwrites one 4 KiB block of a file in $WORK and fdatasyncs it every 10 ms during the phase: "+
-			"the cost of any durable write on that disk at the time, and so a floor under the acknowledgement of an event that creates a push job.",
+			"the cost of any durable write on that disk at the time, and so a floor under the acknowledgement of an event that creates a push job. "+
+			"Each phase starts after a sync(2), so that the writeback of files from the setup or the phase before falls outside it.",
 		"",
 		"| phase | events | rounds | achieved events/s | ack p50 | ack p99 | ack max | from schedule p99 | stream errors | img bes CPU | disk fdatasync p50 | disk fdatasync p99 | disk fdatasync max |",
 		"|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 	phase := func(name string) error {
+		// The setup has just written the 1 GiB image to the cache. Without this sync the
+		// kernel writes it back once it has been dirty for vm.dirty_expire_centisecs (30 s
+		// by default), in the middle of a phase, and every sync on the disk waits for it.
+		syscall.Sync()
 		cpu := benchkit.ProcessCPU([]int{bes.PID()})
 		stopProbe := make(chan struct{})
 		probe := startSyncProbe(filepath.Join(b.work, "sync-probe"), 10*time.Millisecond, stopProbe)
