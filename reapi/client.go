@@ -144,10 +144,21 @@ func Dial(ctx context.Context, endpoint string, opts Options) (*Client, error) {
 	return c, nil
 }
 
+// ValidateEndpoint checks the form of a remote cache endpoint without connecting, so that a
+// server can reject a malformed flag at start instead of at its first push.
+func ValidateEndpoint(endpoint string) error {
+	_, _, _, _, _, err := parseEndpoint(endpoint, "")
+	return err
+}
+
 // parseEndpoint returns the gRPC dial target, the :authority the channel uses, the transport
 // credentials, an authorization header from user:password@ (or ""), and the endpoint to show
 // in messages.
 func parseEndpoint(endpoint, caFile string) (target, authority string, transport credentials.TransportCredentials, basicAuth, display string, err error) {
+	if !strings.Contains(endpoint, "://") {
+		// Bazel reads host:port without a scheme as grpcs, so the message offers both schemes.
+		return "", "", nil, "", "", fmt.Errorf("remote cache %q: invalid endpoint: missing scheme; use grpcs://%s for TLS, as Bazel assumes without a scheme, or grpc://%s for plain gRPC", endpoint, endpoint, endpoint)
+	}
 	u, err := url.Parse(endpoint)
 	if err != nil {
 		return "", "", nil, "", "", fmt.Errorf("remote cache %q: invalid endpoint: %w; use grpc://host:port, grpcs://host:port or unix:///path", endpoint, err)

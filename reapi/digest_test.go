@@ -140,7 +140,7 @@ func TestDialInvalidEndpoint(t *testing.T) {
 		{"grpc://127.0.0.1", "missing host:port"},
 		{"grpc://127.0.0.1:9092/instance", "set the instance name separately"},
 		{"unix://relative/path", "unix:///absolute/path"},
-		{"127.0.0.1:9092", "use grpc://host:port"},
+		{"127.0.0.1:9092", "missing scheme; use grpcs://127.0.0.1:9092 for TLS"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.endpoint, func(t *testing.T) {

@@ -66,9 +66,10 @@ Point Bazel at it with:
 
 Bazel reports a push target's img_push_request output group only when the build asks
 for it (--output_groups=+img_push_request); without that flag the server finds the
-push request, <name>.request.json, among the target's default outputs. The remote
-cache is required: the server reads push requests and blobs from it, never from the
-build machine's disk.
+push request, <name>.request.json, among the target's default outputs. The server
+reads push requests and blobs from the remote cache, never from the build machine's
+disk: from --cas-endpoint, or else from the cache that each build event's bytestream://
+URIs name.
 
 Each invocation's pushes are listed at /invocation/<id> and /api/invocation/<id> on
 --http-port, with Prometheus metrics on /metrics. With --commit-mode per-stream, the
@@ -84,7 +85,7 @@ fails the bazel command.`,
 	f.StringVar(&flags.address, "address", "localhost", "address every port binds to")
 	f.IntVar(&flags.port, "port", 8080, "TCP port of the gRPC Build Event Service (Bazel's --bes_backend); 0 picks a free port")
 	f.IntVar(&flags.httpPort, "http-port", 8081, "TCP port of the results pages (/invocation/<id>, Bazel's --bes_results_url), /api/invocation/<id>, /metrics and /healthz; 0 picks a free port")
-	f.StringVar(&flags.casEndpoint, "cas-endpoint", os.Getenv("IMG_REAPI_ENDPOINT"), "remote cache to read push requests and blobs from, as grpc://host:port or grpcs://host:port; replaces the host of the bytestream URIs in build events (default: those hosts, or $IMG_REAPI_ENDPOINT)")
+	f.StringVar(&flags.casEndpoint, "cas-endpoint", os.Getenv("IMG_REAPI_ENDPOINT"), "remote cache to read push requests and blobs from, as grpc://host:port, grpcs://host:port or unix:///path; replaces the host of the bytestream URIs in build events (default: those hosts, or $IMG_REAPI_ENDPOINT)")
 	f.StringVar(&flags.instanceName, "remote-instance-name", "", "REAPI instance name for push requests that Bazel sent inline; requests in the cache use the instance name in their URI")
 	f.StringArrayVar(&flags.remoteHeaders, "remote-header", nil, "extra header NAME=VALUE on every remote cache call (repeatable)")
 	f.StringVar(&flags.credentialHelper, "credential-helper", os.Getenv("IMG_CREDENTIAL_HELPER"), "Bazel credential helper that supplies headers for the remote cache and registries (default $IMG_CREDENTIAL_HELPER)")
@@ -122,6 +123,18 @@ func runBES(ctx context.Context, flags *besFlags) error {
 	if flags.dataDir == "" {
 		if flags.dataDir, err = defaultDataDir("bes"); err != nil {
 			return err
+		}
+	}
+
+	if flags.jobs < 1 {
+		return fmt.Errorf("invalid --jobs %d; use 1 or more images pushed at once", flags.jobs)
+	}
+	if flags.maxAttempts < 1 {
+		return fmt.Errorf("invalid --max-attempts %d; use 1 to try each push once, or more to retry transient failures", flags.maxAttempts)
+	}
+	if flags.casEndpoint != "" {
+		if err := reapi.ValidateEndpoint(flags.casEndpoint); err != nil {
+			return fmt.Errorf("--cas-endpoint: %w", err)
 		}
 	}
 

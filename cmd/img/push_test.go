@@ -2,12 +2,14 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rulesimg/img/internal/testpeer"
 	"github.com/rulesimg/img/push"
@@ -117,6 +119,41 @@ func TestPushCommandBadInput(t *testing.T) {
 			}
 			if !strings.Contains(stderr, tc.want) {
 				t.Errorf("stderr does not contain %q:\n%s", tc.want, stderr)
+			}
+		})
+	}
+}
+
+// TestBESCommandBadFlags checks that img bes rejects bad flag values before it opens its
+// ports, naming the value and what to use.
+func TestBESCommandBadFlags(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no workers", []string{"--jobs", "0"}, "invalid --jobs 0; use 1 or more"},
+		{"no attempts", []string{"--max-attempts", "0"}, "invalid --max-attempts 0; use 1"},
+		{"negative sync interval", []string{"--job-sync-interval", "-1s"}, "invalid --job-sync-interval -1s"},
+		{"cache without scheme", []string{"--cas-endpoint", "127.0.0.1:9092"}, "use grpcs://127.0.0.1:9092 for TLS"},
+		{"cache over http", []string{"--cas-endpoint", "http://127.0.0.1:9092"}, `unsupported scheme "http"`},
+		{"bad commit mode", []string{"--commit-mode", "later"}, `invalid commit mode "later"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"bes", "--address", "127.0.0.1", "--port", "0", "--http-port", "0", "--data-dir", t.TempDir()}, tc.args...)
+			// A value that slips through starts the server, which would run until killed.
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, imgBinary, args...)
+			cmd.Env = append(os.Environ(), "IMG_REAPI_ENDPOINT=")
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			if err := cmd.Run(); err == nil || ctx.Err() != nil {
+				t.Fatalf("img %v was not rejected (error %v, context %v)", args, err, ctx.Err())
+			}
+			if !strings.Contains(stderr.String(), tc.want) {
+				t.Errorf("stderr does not contain %q:\n%s", tc.want, stderr.String())
 			}
 		})
 	}
