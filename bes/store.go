@@ -66,6 +66,11 @@ type BoltStore struct {
 	logged [2]int64
 	// syncInterval is BoltStoreOptions.SyncInterval.
 	syncInterval time.Duration
+	log          *slog.Logger
+	// slowSync is the duration from which warnIfSlow reports a synced log write, and
+	// lastSlowWarning the time of its last report. Only the committer uses them.
+	slowSync        time.Duration
+	lastSlowWarning time.Time
 
 	writes chan *storeWrite
 	// closing is closed by Close, and stopped when the committer has returned.
@@ -109,6 +114,10 @@ const (
 	// applyInterval is the least time between two commits of the applier. Reads wait for
 	// the applier, so it is also how much older than a write a read can be delayed.
 	applyInterval = 20 * time.Millisecond
+	// slowJobLogSync is ten times the acknowledgement latency that img bes aims for. A
+	// synced log write that takes longer is logged, because every event that creates a
+	// push job waits for one.
+	slowJobLogSync = 100 * time.Millisecond
 )
 
 // BoltStoreOptions configure a BoltStore. The zero value is the safe default.
@@ -121,9 +130,12 @@ type BoltStoreOptions struct {
 	// SyncSeconds, when set, observes the duration of every sync of the log, as
 	// Metrics.JobLogSync does.
 	SyncSeconds prometheus.Observer
+	// Logger receives the store's warnings and errors (slog.Default()).
+	Logger *slog.Logger
 
-	// logCapacity replaces jobLogCapacity in tests.
+	// logCapacity replaces jobLogCapacity in tests, and slowSync slowJobLogSync.
 	logCapacity int64
+	slowSync    time.Duration
 }
 
 // OpenBoltStore opens or creates the queue files jobs.db, jobs.log.0 and jobs.log.1 in dir
@@ -194,10 +206,20 @@ func OpenBoltStore(dir string, opts BoltStoreOptions) (*BoltStore, error) {
 		log.restart()
 	}
 
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	slowSync := opts.slowSync
+	if slowSync == 0 {
+		slowSync = slowJobLogSync
+	}
 	s := &BoltStore{
 		db:           db,
 		logs:         logs,
 		syncInterval: opts.SyncInterval,
+		log:          logger,
+		slowSync:     slowSync,
 		writes:       make(chan *storeWrite),
 		closing:      make(chan struct{}),
 		stopped:      make(chan struct{}),
@@ -347,7 +369,26 @@ func (s *BoltStore) logJobs(created []*storeWrite) error {
 		s.catchUpTo(s.logged[s.current])
 		log.restart()
 	}
-	return log.append(payloads, s.syncInterval == 0)
+	start := time.Now()
+	if err := log.append(payloads, s.syncInterval == 0); err != nil {
+		return err
+	}
+	if s.syncInterval == 0 {
+		s.warnIfSlow(log, len(payloads), time.Since(start))
+	}
+	return nil
+}
+
+// warnIfSlow logs a synced write of count jobs to log that took elapsed, when that is
+// slowSync or more, at most once a minute.
+func (s *BoltStore) warnIfSlow(log *jobLog, count int, elapsed time.Duration) {
+	if elapsed < s.slowSync || time.Since(s.lastSlowWarning) < time.Minute {
+		return
+	}
+	s.lastSlowWarning = time.Now()
+	s.log.Warn("writing push jobs to disk was slow, and the build events that created them waited for it; "+
+		"put --data-dir on a disk without other heavy writers, or set --job-sync-interval",
+		"path", log.path, "jobs", count, "duration", elapsed, "threshold", s.slowSync)
 }
 
 // syncLogs syncs the logs every syncInterval until Close.
@@ -362,7 +403,7 @@ func (s *BoltStore) syncLogs() {
 		}
 		for _, log := range s.logs {
 			if err := log.syncIfWritten(); err != nil {
-				slog.Error("syncing the push job log failed; jobs of the last interval are lost if the machine crashes before the next sync", "error", err)
+				s.log.Error("syncing the push job log failed; jobs of the last interval are lost if the machine crashes before the next sync", "error", err)
 			}
 		}
 	}
@@ -439,7 +480,7 @@ func (s *BoltStore) apply() {
 		if err != nil {
 			// TODO: logged jobs that fail here reach the database only at the next start,
 			// from the log. Until then the results page does not list them.
-			slog.Error("moving push jobs into the job database failed", "count", len(group), "error", err)
+			s.log.Error("moving push jobs into the job database failed", "count", len(group), "error", err)
 		}
 	}
 }

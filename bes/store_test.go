@@ -1,10 +1,13 @@
 package bes
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -300,5 +303,43 @@ func TestBoltStoreObservesSyncs(t *testing.T) {
 	}
 	if count := sample.GetHistogram().GetSampleCount(); count != 2 {
 		t.Errorf("the sync histogram counted %d syncs for two Creates one after the other, expected 2", count)
+	}
+}
+
+// TestBoltStoreWarnsOfSlowSync checks that a synced write slower than the threshold is
+// logged once a minute at most, and that a store with a sync interval, whose
+// acknowledgements do not wait for the disk, logs none.
+func TestBoltStoreWarnsOfSlowSync(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		interval time.Duration
+		warnings int
+	}{
+		{"sync per job", 0, 1},
+		{"sync interval", time.Hour, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			store, err := OpenBoltStore(t.TempDir(), BoltStoreOptions{
+				SyncInterval: tc.interval,
+				Logger:       slog.New(slog.NewTextHandler(&logs, nil)),
+				slowSync:     time.Nanosecond,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer store.Close()
+			for _, label := range []string{"//:a", "//:b", "//:c"} {
+				if _, err := store.Create(testJob("inv-slow", label, "bes")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := strings.Count(logs.String(), "writing push jobs to disk was slow"); got != tc.warnings {
+				t.Errorf("logged %d slow-write warnings for 3 Creates, expected %d:\n%s", got, tc.warnings, logs.String())
+			}
+			if tc.warnings > 0 && !strings.Contains(logs.String(), "jobs.log.") {
+				t.Errorf("the warning does not name the log file:\n%s", logs.String())
+			}
+		})
 	}
 }

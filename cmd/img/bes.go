@@ -150,7 +150,11 @@ func runBES(ctx context.Context, flags *besFlags) error {
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	besMetrics := bes.NewMetrics(metrics)
-	store, err := bes.OpenBoltStore(flags.dataDir, bes.BoltStoreOptions{SyncInterval: flags.jobSyncInterval, SyncSeconds: besMetrics.JobLogSync()})
+	store, err := bes.OpenBoltStore(flags.dataDir, bes.BoltStoreOptions{
+		SyncInterval: flags.jobSyncInterval,
+		SyncSeconds:  besMetrics.JobLogSync(),
+		Logger:       logger,
+	})
 	if err != nil {
 		return err
 	}
