@@ -80,6 +80,8 @@ type testServerConfig struct {
 	quiet bool
 	// eventState keeps the event state in events.db in dataDir.
 	eventState bool
+	// wrapStore, when set, wraps the job store that the queue and the server use.
+	wrapStore func(Store) Store
 }
 
 func startTestServer(t testing.TB, config testServerConfig) *testServer {
@@ -99,7 +101,11 @@ func startTestServer(t testing.TB, config testServerConfig) *testServer {
 	if config.quiet {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	queue := NewQueue(store, config.fetcher, config.pusher, QueueOptions{
+	var queueStore Store = store
+	if config.wrapStore != nil {
+		queueStore = config.wrapStore(store)
+	}
+	queue := NewQueue(queueStore, config.fetcher, config.pusher, QueueOptions{
 		Logger:         logger,
 		Workers:        3,
 		MaxAttempts:    3,

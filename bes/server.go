@@ -7,9 +7,7 @@ package bes
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"path"
 	"slices"
@@ -188,50 +186,6 @@ func (s *Server) PublishBuildToolEventStream(stream buildpb.PublishBuildEvent_Pu
 	return err
 }
 
-func (s *Server) serveStream(stream buildpb.PublishBuildEvent_PublishBuildToolEventStreamServer) error {
-	var inv *invocation
-	for {
-		req, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			if inv != nil {
-				s.log.Info("build event stream ended early; Bazel retries it with the events not yet acknowledged", "invocation_id", inv.id, "error", err)
-			}
-			return err
-		}
-
-		received := time.Now()
-		ordered := req.GetOrderedBuildEvent()
-		streamID := ordered.GetStreamId()
-		if streamID.GetInvocationId() == "" {
-			return status.Error(codes.InvalidArgument, "build event has no stream id with an invocation id; the client must set ordered_build_event.stream_id")
-		}
-		if inv == nil || inv.id != streamID.GetInvocationId() {
-			inv = s.invocation(streamID.GetInvocationId())
-		}
-
-		if err := s.handle(inv, ordered); err != nil {
-			return err
-		}
-
-		err = stream.Send(&buildpb.PublishBuildToolEventStreamResponse{
-			StreamId:       streamID,
-			SequenceNumber: ordered.GetSequenceNumber(),
-		})
-		if err != nil {
-			return err
-		}
-		s.metrics.ackSeconds.Observe(time.Since(received).Seconds())
-	}
-
-	if inv == nil {
-		return nil
-	}
-	return s.finishStream(stream.Context(), inv)
-}
-
 // finishStream runs when Bazel closes the stream. It drops the event state of a
 // finished invocation and, in per-stream mode, waits for its pushes.
 func (s *Server) finishStream(ctx context.Context, inv *invocation) error {
@@ -378,11 +332,15 @@ func (s *Server) invocationInfo(id string) (InvocationInfo, bool) {
 	}, true
 }
 
-// handle processes one ordered event of inv. It returns an error only when a push job
-// could not be stored; the event is then not acknowledged and Bazel resends it.
-func (s *Server) handle(inv *invocation, ordered *buildpb.OrderedBuildEvent) error {
+// handle processes one ordered event of inv that arrived on the stream of state. The
+// push jobs that the event creates are stored through writes, in the background. It
+// returns an error only when the stream may handle no more events.
+func (s *Server) handle(inv *invocation, state *streamState, ordered *buildpb.OrderedBuildEvent, writes *jobWrites) error {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
+	if state.failed {
+		return status.Error(codes.Unavailable, "img bes: storing a push job of this stream failed; resend the events from the first one not acknowledged")
+	}
 
 	inv.lastEvent = time.Now()
 	component := int32(ordered.GetStreamId().GetComponent())
@@ -409,9 +367,7 @@ func (s *Server) handle(inv *invocation, ordered *buildpb.OrderedBuildEvent) err
 				"sequence_number", sequence, "type_url", payload.BazelEvent.GetTypeUrl(), "error", err)
 			break
 		}
-		if err := s.handleBazelEvent(inv, ordered.GetStreamId(), &bazelEvent); err != nil {
-			return err
-		}
+		s.handleBazelEvent(inv, ordered.GetStreamId(), &bazelEvent, writes)
 
 	default:
 		s.metrics.events.WithLabelValues("other").Inc()
@@ -421,7 +377,7 @@ func (s *Server) handle(inv *invocation, ordered *buildpb.OrderedBuildEvent) err
 	return nil
 }
 
-func (s *Server) handleBazelEvent(inv *invocation, streamID *buildpb.StreamId, event *bep.BuildEvent) error {
+func (s *Server) handleBazelEvent(inv *invocation, streamID *buildpb.StreamId, event *bep.BuildEvent, writes *jobWrites) {
 	id := event.GetId()
 	switch payload := event.GetPayload().(type) {
 	case *bep.BuildEvent_Started:
@@ -442,7 +398,7 @@ func (s *Server) handleBazelEvent(inv *invocation, streamID *buildpb.StreamId, e
 
 	case *bep.BuildEvent_Completed:
 		s.metrics.events.WithLabelValues("target_completed").Inc()
-		return s.targetCompleted(inv, streamID, id.GetTargetCompleted(), payload.Completed)
+		s.targetCompleted(inv, streamID, id.GetTargetCompleted(), payload.Completed, writes)
 
 	case *bep.BuildEvent_Finished:
 		s.metrics.events.WithLabelValues("build_finished").Inc()
@@ -453,7 +409,6 @@ func (s *Server) handleBazelEvent(inv *invocation, streamID *buildpb.StreamId, e
 	default:
 		s.metrics.events.WithLabelValues("other").Inc()
 	}
-	return nil
 }
 
 // namedSet keeps the relevant part of a file set in memory and in the event state. A
@@ -498,16 +453,16 @@ func (s *Server) targetConfigured(inv *invocation, label, kind string) {
 // report, such as "default". When the
 // server never saw the target's TargetConfigured event (it restarted during the build),
 // only the img_push_request output group marks a push target.
-func (s *Server) targetCompleted(inv *invocation, streamID *buildpb.StreamId, id *bep.BuildEventId_TargetCompletedId, completed *bep.TargetComplete) error {
+func (s *Server) targetCompleted(inv *invocation, streamID *buildpb.StreamId, id *bep.BuildEventId_TargetCompletedId, completed *bep.TargetComplete, writes *jobWrites) {
 	label := id.GetLabel()
 	if !completed.GetSuccess() || id.GetAspect() != "" {
-		return nil
+		return
 	}
 
 	kind, kindKnown := inv.kinds[label]
 	isPushKind := slices.Contains(s.opts.PushKinds, kind)
 	if kindKnown && !isPushKind {
-		return nil
+		return
 	}
 
 	var sets []*bep.BuildEventId_NamedSetOfFilesId
@@ -521,7 +476,7 @@ func (s *Server) targetCompleted(inv *invocation, streamID *buildpb.StreamId, id
 	}
 	if !fromPushGroup {
 		if !kindKnown {
-			return nil
+			return
 		}
 		for _, group := range completed.GetOutputGroup() {
 			sets = append(sets, group.GetFileSets()...)
@@ -561,7 +516,8 @@ func (s *Server) targetCompleted(inv *invocation, streamID *buildpb.StreamId, id
 		default:
 			job.Error = fmt.Sprintf("output group %s of %s has no files; the push rule must put its push request file there", PushRequestOutputGroup, label)
 		}
-		return s.recordFailure(job)
+		writes.start(func() error { return s.recordFailure(job) })
+		return
 	}
 
 	for _, file := range files {
@@ -570,12 +526,14 @@ func (s *Server) targetCompleted(inv *invocation, streamID *buildpb.StreamId, id
 		job.RequestName = file.Name
 		job.RequestURI = file.URI
 		job.RequestContents = file.Contents
-		if _, err := s.queue.Enqueue(job); err != nil {
-			s.log.Error("storing push job failed; not acknowledging the event so Bazel resends it", "invocation_id", inv.id, "target", label, "error", err)
-			return status.Errorf(codes.Unavailable, "img bes: storing the push job of %s failed: %v", label, err)
-		}
+		writes.start(func() error {
+			if _, err := s.queue.Enqueue(job); err != nil {
+				s.log.Error("storing push job failed; not acknowledging the event so Bazel resends it", "invocation_id", job.InvocationID, "target", label, "error", err)
+				return status.Errorf(codes.Unavailable, "img bes: storing the push job of %s failed: %v", label, err)
+			}
+			return nil
+		})
 	}
-	return nil
 }
 
 // targetName returns the name part of a label: "app" for //pkg:app and //pkg/app.
@@ -593,6 +551,7 @@ func (s *Server) recordFailure(job Job) error {
 
 	created, err := s.queue.store.Create(job)
 	if err != nil {
+		s.log.Error("storing the record of a failed push target failed; not acknowledging the event so Bazel resends it", "invocation_id", job.InvocationID, "target", job.Label, "error", err)
 		return status.Errorf(codes.Unavailable, "img bes: storing the push job of %s failed: %v", job.Label, err)
 	}
 	if created {

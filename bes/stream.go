@@ -1,0 +1,180 @@
+package bes
+
+import (
+	"errors"
+	"io"
+	"time"
+
+	buildpb "google.golang.org/genproto/googleapis/devtools/build/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// maxUnacknowledged bounds the events of one stream that the server has handled and not
+// yet acknowledged. When the job store stalls, the stream stops reading there, and the
+// events wait in Bazel's buffer instead of the server's memory.
+const maxUnacknowledged = 1024
+
+// jobWrites are the stores of the push jobs that one build event creates. They run in the
+// background while the stream goes on with later events, so that the jobs of events in
+// a row share one sync of the job log. Only the acknowledgements wait for them.
+type jobWrites struct {
+	results []chan error
+}
+
+// start runs write in a goroutine of its own.
+func (w *jobWrites) start(write func() error) {
+	result := make(chan error, 1)
+	w.results = append(w.results, result)
+	go func() { result <- write() }()
+}
+
+// wait waits for every write and returns the first error.
+func (w *jobWrites) wait() error {
+	var first error
+	for _, result := range w.results {
+		if err := <-result; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// streamState is the state that the handling and the acknowledging of one stream's
+// events share. The invocation's mu guards it.
+type streamState struct {
+	// failed is set once a push job of the stream could not be stored. The stream then
+	// handles no more events, so Bazel resends every event from the failed one on.
+	failed bool
+}
+
+// receivedEvent is an event as read from the stream, with the time it arrived.
+type receivedEvent struct {
+	ordered *buildpb.OrderedBuildEvent
+	at      time.Time
+}
+
+// pendingAck is a handled event that waits for its acknowledgement.
+type pendingAck struct {
+	event  receivedEvent
+	inv    *invocation
+	state  *streamState
+	writes *jobWrites
+}
+
+// serveStream handles the events of one stream in order as they arrive, and sends their
+// acknowledgements in the same order from a second goroutine, each once the push jobs of
+// its event are stored.
+func (s *Server) serveStream(stream buildpb.PublishBuildEvent_PublishBuildToolEventStreamServer) error {
+	events := make(chan receivedEvent)
+	readErr := make(chan error, 1)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			request, err := stream.Recv()
+			if err != nil {
+				readErr <- err
+				return
+			}
+			select {
+			case events <- receivedEvent{ordered: request.GetOrderedBuildEvent(), at: time.Now()}:
+			case <-stop:
+				return
+			}
+		}
+	}()
+
+	acks := make(chan pendingAck, maxUnacknowledged)
+	sendErr := make(chan error, 1)
+	go func() { sendErr <- s.sendAcks(stream, acks) }()
+
+	state := &streamState{}
+	var inv *invocation
+	var streamErr error
+	senderDone := false
+read:
+	for {
+		select {
+		case err := <-readErr:
+			if !errors.Is(err, io.EOF) {
+				if inv != nil {
+					s.log.Info("build event stream ended early; Bazel retries it with the events not yet acknowledged", "invocation_id", inv.id, "error", err)
+				}
+				streamErr = err
+			}
+			break read
+
+		case streamErr = <-sendErr:
+			// The sender returns early only when it failed.
+			senderDone = true
+			break read
+
+		case event := <-events:
+			streamID := event.ordered.GetStreamId()
+			if streamID.GetInvocationId() == "" {
+				streamErr = status.Error(codes.InvalidArgument, "build event has no stream id with an invocation id; the client must set ordered_build_event.stream_id")
+				break read
+			}
+			if inv == nil || inv.id != streamID.GetInvocationId() {
+				inv = s.invocation(streamID.GetInvocationId())
+			}
+			ack := pendingAck{event: event, inv: inv, state: state, writes: &jobWrites{}}
+			if err := s.handle(inv, state, event.ordered, ack.writes); err != nil {
+				streamErr = err
+				break read
+			}
+			select {
+			case acks <- ack:
+			case streamErr = <-sendErr:
+				senderDone = true
+				break read
+			}
+		}
+	}
+
+	close(acks)
+	if !senderDone {
+		if err := <-sendErr; streamErr == nil {
+			streamErr = err
+		}
+	}
+	if streamErr != nil || inv == nil {
+		return streamErr
+	}
+	return s.finishStream(stream.Context(), inv)
+}
+
+// sendAcks acknowledges the events from acks in order, each once its push jobs are
+// stored. It returns when acks is closed and drained, or at the first failure.
+func (s *Server) sendAcks(stream buildpb.PublishBuildEvent_PublishBuildToolEventStreamServer, acks <-chan pendingAck) error {
+	for ack := range acks {
+		if err := ack.writes.wait(); err != nil {
+			s.rewind(ack)
+			return err
+		}
+		err := stream.Send(&buildpb.PublishBuildToolEventStreamResponse{
+			StreamId:       ack.event.ordered.GetStreamId(),
+			SequenceNumber: ack.event.ordered.GetSequenceNumber(),
+		})
+		if err != nil {
+			return err
+		}
+		s.metrics.ackSeconds.Observe(time.Since(ack.event.at).Seconds())
+	}
+	return nil
+}
+
+// rewind runs when a push job of ack's event could not be stored. It marks that event
+// and every later one of the stream as not handled, so that Bazel's resent copies are
+// handled again instead of being taken for replays, and stops the stream.
+func (s *Server) rewind(ack pendingAck) {
+	inv := ack.inv
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	ack.state.failed = true
+	component := int32(ack.event.ordered.GetStreamId().GetComponent())
+	if sequence := ack.event.ordered.GetSequenceNumber(); inv.lastSequence[component] >= sequence {
+		inv.lastSequence[component] = sequence - 1
+	}
+}
