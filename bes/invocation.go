@@ -26,7 +26,9 @@ type invocation struct {
 	// lastSequence is the highest processed sequence number per stream component; an
 	// event at or below it is a replay.
 	lastSequence map[int32]int64
-	kinds        map[string]string
+	// unstored holds the job writes of handled events until they end.
+	unstored map[eventKey]*jobWrites
+	kinds    map[string]string
 	// namedSets holds only the sets that newNamedSet keeps something of.
 	namedSets map[string]NamedSetRecord
 
@@ -43,6 +45,7 @@ func newInvocation(id string) *invocation {
 	return &invocation{
 		id:           id,
 		lastSequence: map[int32]int64{},
+		unstored:     map[eventKey]*jobWrites{},
 		kinds:        map[string]string{},
 		namedSets:    map[string]NamedSetRecord{},
 		lastEvent:    time.Now(),

@@ -343,11 +343,15 @@ func (s *Server) handle(inv *invocation, state *streamState, ordered *buildpb.Or
 	}
 
 	inv.lastEvent = time.Now()
-	component := int32(ordered.GetStreamId().GetComponent())
-	sequence := ordered.GetSequenceNumber()
-	if last, ok := inv.lastSequence[component]; ok && sequence <= last {
+	key := keyOf(ordered)
+	if last, ok := inv.lastSequence[key.component]; ok && key.sequence <= last {
 		s.metrics.replayedEvent.Inc()
-		s.log.Debug("build event replayed; acknowledging it again", "invocation_id", inv.id, "sequence_number", sequence)
+		s.log.Debug("build event replayed; acknowledging it again", "invocation_id", inv.id, "sequence_number", key.sequence)
+		// A retried stream can resend an event whose jobs the dying stream is still
+		// storing. Its acknowledgement waits for them and fails with them.
+		if original, ok := inv.unstored[key]; ok {
+			writes.start(original.wait)
+		}
 		return nil
 	}
 
@@ -364,7 +368,7 @@ func (s *Server) handle(inv *invocation, state *streamState, ordered *buildpb.Or
 			// logs it and goes on.
 			s.metrics.events.WithLabelValues("malformed").Inc()
 			s.log.Warn("skipping a build event that cannot be decoded", "invocation_id", inv.id,
-				"sequence_number", sequence, "type_url", payload.BazelEvent.GetTypeUrl(), "error", err)
+				"sequence_number", key.sequence, "type_url", payload.BazelEvent.GetTypeUrl(), "error", err)
 			break
 		}
 		s.handleBazelEvent(inv, ordered.GetStreamId(), &bazelEvent, writes)
@@ -373,7 +377,10 @@ func (s *Server) handle(inv *invocation, state *streamState, ordered *buildpb.Or
 		s.metrics.events.WithLabelValues("other").Inc()
 	}
 
-	inv.lastSequence[component] = sequence
+	inv.lastSequence[key.component] = key.sequence
+	if writes.started > 0 {
+		inv.unstored[key] = writes
+	}
 	return nil
 }
 

@@ -1,8 +1,10 @@
 package bes
 
 import (
+	"cmp"
 	"errors"
 	"io"
+	"sync"
 	"time"
 
 	buildpb "google.golang.org/genproto/googleapis/devtools/build/v1"
@@ -19,25 +21,42 @@ const maxUnacknowledged = 1024
 // background while the stream goes on with later events, so that the jobs of events in
 // a row share one sync of the job log. Only the acknowledgements wait for them.
 type jobWrites struct {
-	results []chan error
+	started int
+	done    sync.WaitGroup
+	mu      sync.Mutex
+	err     error
 }
 
 // start runs write in a goroutine of its own.
 func (w *jobWrites) start(write func() error) {
-	result := make(chan error, 1)
-	w.results = append(w.results, result)
-	go func() { result <- write() }()
+	w.started++
+	w.done.Add(1)
+	go func() {
+		defer w.done.Done()
+		if err := write(); err != nil {
+			w.mu.Lock()
+			w.err = cmp.Or(w.err, err)
+			w.mu.Unlock()
+		}
+	}()
 }
 
-// wait waits for every write and returns the first error.
+// wait waits for every write and returns the first error. Several goroutines may wait.
 func (w *jobWrites) wait() error {
-	var first error
-	for _, result := range w.results {
-		if err := <-result; err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
+	w.done.Wait()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// eventKey names one event of an invocation.
+type eventKey struct {
+	component int32
+	sequence  int64
+}
+
+func keyOf(ordered *buildpb.OrderedBuildEvent) eventKey {
+	return eventKey{int32(ordered.GetStreamId().GetComponent()), ordered.GetSequenceNumber()}
 }
 
 // streamState is the state that the handling and the acknowledging of one stream's
@@ -149,11 +168,15 @@ read:
 // stored. It returns when acks is closed and drained, or at the first failure.
 func (s *Server) sendAcks(stream buildpb.PublishBuildEvent_PublishBuildToolEventStreamServer, acks <-chan pendingAck) error {
 	for ack := range acks {
-		if err := ack.writes.wait(); err != nil {
+		err := ack.writes.wait()
+		if ack.writes.started > 0 {
+			s.stored(ack)
+		}
+		if err != nil {
 			s.rewind(ack)
 			return err
 		}
-		err := stream.Send(&buildpb.PublishBuildToolEventStreamResponse{
+		err = stream.Send(&buildpb.PublishBuildToolEventStreamResponse{
 			StreamId:       ack.event.ordered.GetStreamId(),
 			SequenceNumber: ack.event.ordered.GetSequenceNumber(),
 		})
@@ -165,6 +188,16 @@ func (s *Server) sendAcks(stream buildpb.PublishBuildEvent_PublishBuildToolEvent
 	return nil
 }
 
+// stored forgets the job writes of ack's event once they ended.
+func (s *Server) stored(ack pendingAck) {
+	ack.inv.mu.Lock()
+	defer ack.inv.mu.Unlock()
+	key := keyOf(ack.event.ordered)
+	if ack.inv.unstored[key] == ack.writes {
+		delete(ack.inv.unstored, key)
+	}
+}
+
 // rewind runs when a push job of ack's event could not be stored. It marks that event
 // and every later one of the stream as not handled, so that Bazel's resent copies are
 // handled again instead of being taken for replays, and stops the stream.
@@ -173,8 +206,8 @@ func (s *Server) rewind(ack pendingAck) {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	ack.state.failed = true
-	component := int32(ack.event.ordered.GetStreamId().GetComponent())
-	if sequence := ack.event.ordered.GetSequenceNumber(); inv.lastSequence[component] >= sequence {
-		inv.lastSequence[component] = sequence - 1
+	key := keyOf(ack.event.ordered)
+	if inv.lastSequence[key.component] >= key.sequence {
+		inv.lastSequence[key.component] = key.sequence - 1
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	buildpb "google.golang.org/genproto/googleapis/devtools/build/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -163,5 +164,86 @@ func TestStoreFailureResendsFromFailedEvent(t *testing.T) {
 	slices.Sort(labels)
 	if !slices.Equal(labels, []string{"//:a", "//:b", "//:c"}) {
 		t.Errorf("pushed %v; expected each of //:a, //:b, //:c once", labels)
+	}
+}
+
+// blockedFailStore holds the first Create until release is closed and then fails it.
+type blockedFailStore struct {
+	Store
+	release chan struct{}
+	entered chan struct{}
+
+	mu    sync.Mutex
+	calls int
+}
+
+func (b *blockedFailStore) Create(job Job) (bool, error) {
+	b.mu.Lock()
+	b.calls++
+	first := b.calls == 1
+	b.mu.Unlock()
+	if first {
+		close(b.entered)
+		<-b.release
+		return false, errors.New("disk full")
+	}
+	return b.Store.Create(job)
+}
+
+// TestRetriedStreamWaitsForDyingStreamsJob covers a retried stream that resends an event
+// whose job the dying stream is still storing: the event counts as a replay, but its
+// acknowledgement must wait for that job, and fail with it.
+func TestRetriedStreamWaitsForDyingStreamsJob(t *testing.T) {
+	store := &blockedFailStore{release: make(chan struct{}), entered: make(chan struct{})}
+	var release sync.Once
+	t.Cleanup(func() { release.Do(func() { close(store.release) }) })
+	pusher := &recordingPusher{}
+	ts := startTestServer(t, testServerConfig{pusher: pusher, wrapStore: func(inner Store) Store {
+		store.Store = inner
+		return store
+	}})
+
+	// Events: 1 started; 2 to 4 //:a, whose job is stored at 4; 5 finished.
+	stream := newEventStream("inv-overlap").started(t).pushTarget(t, "//:a", "bes").finish()
+	type result struct {
+		acks int
+		err  error
+	}
+	send := func(events []*buildpb.OrderedBuildEvent) chan result {
+		done := make(chan result, 1)
+		go func() {
+			acks, err := ts.send(t, events)
+			done <- result{len(acks), err}
+		}()
+		return done
+	}
+
+	dying := send(stream.events)
+	<-store.entered
+	retried := send(stream.events[3:])
+	select {
+	case got := <-retried:
+		t.Fatalf("the retried stream ended with %d acknowledgements and %v before the job of its first event was stored", got.acks, got.err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	release.Do(func() { close(store.release) })
+
+	for name, done := range map[string]chan result{"dying": dying, "retried": retried} {
+		got := <-done
+		if status.Code(got.err) != codes.Unavailable {
+			t.Errorf("the %s stream ended with %v; expected Unavailable", name, got.err)
+		}
+		if name == "retried" && got.acks != 0 {
+			t.Errorf("the retried stream got %d acknowledgements for an event whose job was not stored", got.acks)
+		}
+	}
+
+	// Bazel tries once more with the events still not acknowledged.
+	if _, err := ts.send(t, stream.events[3:]); err != nil {
+		t.Fatalf("third stream ended with %v", err)
+	}
+	jobs := ts.waitDone(t, "inv-overlap")
+	if len(jobs) != 1 || jobs[0].Label != "//:a" {
+		t.Errorf("got jobs %+v; expected the one of //:a", jobs)
 	}
 }
