@@ -188,7 +188,7 @@ func (s *Server) sendAcks(stream buildpb.PublishBuildEvent_PublishBuildToolEvent
 	return nil
 }
 
-// stored forgets the job writes of ack's event once they ended.
+// stored removes the job writes of ack's event from its invocation once they ended.
 func (s *Server) stored(ack pendingAck) {
 	ack.inv.mu.Lock()
 	defer ack.inv.mu.Unlock()
