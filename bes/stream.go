@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	buildpb "google.golang.org/genproto/googleapis/devtools/build/v1"
@@ -81,32 +82,17 @@ type pendingAck struct {
 	writes *jobWrites
 }
 
-// serveStream handles the events of one stream in order as they arrive, and sends their
-// acknowledgements in the same order from a second goroutine, each once the push jobs of
-// its event are stored.
+// serveStream handles the events of one stream in order as they arrive. An event with
+// nothing to wait for, and no acknowledgement queued before it, is acknowledged right
+// away. Other acknowledgements go out in the same order from a second goroutine, each
+// once the push jobs of its event are stored.
 func (s *Server) serveStream(stream buildpb.PublishBuildEvent_PublishBuildToolEventStreamServer) error {
-	events := make(chan receivedEvent)
-	readErr := make(chan error, 1)
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		for {
-			request, err := stream.Recv()
-			if err != nil {
-				readErr <- err
-				return
-			}
-			select {
-			case events <- receivedEvent{ordered: request.GetOrderedBuildEvent(), at: time.Now()}:
-			case <-stop:
-				return
-			}
-		}
-	}()
-
 	acks := make(chan pendingAck, maxUnacknowledged)
+	// queued counts the acknowledgements handed to the sender and not yet sent. While it
+	// is zero the sender is not sending, so this goroutine may.
+	var queued atomic.Int64
 	sendErr := make(chan error, 1)
-	go func() { sendErr <- s.sendAcks(stream, acks) }()
+	go func() { sendErr <- s.sendAcks(stream, acks, &queued) }()
 
 	state := &streamState{}
 	var inv *invocation
@@ -114,41 +100,53 @@ func (s *Server) serveStream(stream buildpb.PublishBuildEvent_PublishBuildToolEv
 	senderDone := false
 read:
 	for {
-		select {
-		case err := <-readErr:
+		request, err := stream.Recv()
+		if err != nil {
 			if !errors.Is(err, io.EOF) {
 				if inv != nil {
 					s.log.Info("build event stream ended early; Bazel retries it with the events not yet acknowledged", "invocation_id", inv.id, "error", err)
 				}
 				streamErr = err
 			}
-			break read
-
+			break
+		}
+		// The sender returns early only when it failed. Its error is noticed here, at
+		// the next event or at the end of the stream.
+		select {
 		case streamErr = <-sendErr:
-			// The sender returns early only when it failed.
 			senderDone = true
 			break read
+		default:
+		}
 
-		case event := <-events:
-			streamID := event.ordered.GetStreamId()
-			if streamID.GetInvocationId() == "" {
-				streamErr = status.Error(codes.InvalidArgument, "build event has no stream id with an invocation id; the client must set ordered_build_event.stream_id")
-				break read
-			}
-			if inv == nil || inv.id != streamID.GetInvocationId() {
-				inv = s.invocation(streamID.GetInvocationId())
-			}
-			ack := pendingAck{event: event, inv: inv, state: state, writes: &jobWrites{}}
-			if err := s.handle(inv, state, event.ordered, ack.writes); err != nil {
+		event := receivedEvent{ordered: request.GetOrderedBuildEvent(), at: time.Now()}
+		streamID := event.ordered.GetStreamId()
+		if streamID.GetInvocationId() == "" {
+			streamErr = status.Error(codes.InvalidArgument, "build event has no stream id with an invocation id; the client must set ordered_build_event.stream_id")
+			break
+		}
+		if inv == nil || inv.id != streamID.GetInvocationId() {
+			inv = s.invocation(streamID.GetInvocationId())
+		}
+		ack := pendingAck{event: event, inv: inv, state: state, writes: &jobWrites{}}
+		if err := s.handle(inv, state, event.ordered, ack.writes); err != nil {
+			streamErr = err
+			break
+		}
+
+		if ack.writes.started == 0 && queued.Load() == 0 {
+			if err := s.sendAck(stream, ack); err != nil {
 				streamErr = err
-				break read
+				break
 			}
-			select {
-			case acks <- ack:
-			case streamErr = <-sendErr:
-				senderDone = true
-				break read
-			}
+			continue
+		}
+		queued.Add(1)
+		select {
+		case acks <- ack:
+		case streamErr = <-sendErr:
+			senderDone = true
+			break read
 		}
 	}
 
@@ -165,8 +163,9 @@ read:
 }
 
 // sendAcks acknowledges the events from acks in order, each once its push jobs are
-// stored. It returns when acks is closed and drained, or at the first failure.
-func (s *Server) sendAcks(stream buildpb.PublishBuildEvent_PublishBuildToolEventStreamServer, acks <-chan pendingAck) error {
+// stored, and decrements queued after each. It returns when acks is closed and drained,
+// or at the first failure.
+func (s *Server) sendAcks(stream buildpb.PublishBuildEvent_PublishBuildToolEventStreamServer, acks <-chan pendingAck, queued *atomic.Int64) error {
 	for ack := range acks {
 		err := ack.writes.wait()
 		if ack.writes.started > 0 {
@@ -176,15 +175,24 @@ func (s *Server) sendAcks(stream buildpb.PublishBuildEvent_PublishBuildToolEvent
 			s.rewind(ack)
 			return err
 		}
-		err = stream.Send(&buildpb.PublishBuildToolEventStreamResponse{
-			StreamId:       ack.event.ordered.GetStreamId(),
-			SequenceNumber: ack.event.ordered.GetSequenceNumber(),
-		})
-		if err != nil {
+		if err := s.sendAck(stream, ack); err != nil {
 			return err
 		}
-		s.metrics.ackSeconds.Observe(time.Since(ack.event.at).Seconds())
+		queued.Add(-1)
 	}
+	return nil
+}
+
+// sendAck sends the acknowledgement of ack's event.
+func (s *Server) sendAck(stream buildpb.PublishBuildEvent_PublishBuildToolEventStreamServer, ack pendingAck) error {
+	err := stream.Send(&buildpb.PublishBuildToolEventStreamResponse{
+		StreamId:       ack.event.ordered.GetStreamId(),
+		SequenceNumber: ack.event.ordered.GetSequenceNumber(),
+	})
+	if err != nil {
+		return err
+	}
+	s.metrics.ackSeconds.Observe(time.Since(ack.event.at).Seconds())
 	return nil
 }
 
