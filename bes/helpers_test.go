@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -57,6 +58,13 @@ func (p *recordingPusher) labels() []string {
 	for _, call := range p.calls {
 		labels = append(labels, call.Label)
 	}
+	return labels
+}
+
+// sortedLabels returns the labels of the pushes in label order.
+func (p *recordingPusher) sortedLabels() []string {
+	labels := p.labels()
+	slices.Sort(labels)
 	return labels
 }
 

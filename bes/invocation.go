@@ -26,7 +26,7 @@ type invocation struct {
 	// lastSequence is the highest processed sequence number per stream component; an
 	// event at or below it is a replay.
 	lastSequence map[int32]int64
-	// unstored holds the job writes of handled events until they end.
+	// unstored maps each handled event to its job writes until they end.
 	unstored map[eventKey]*jobWrites
 	kinds    map[string]string
 	// namedSets holds only the sets that newNamedSet keeps something of.

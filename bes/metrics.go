@@ -84,8 +84,8 @@ func NewMetrics(registerer prometheus.Registerer) *Metrics {
 	return m
 }
 
-// JobLogSync observes the syncs of the job log, for BoltStoreOptions.SyncSeconds. A slow
-// disk shows here before it shows in the acknowledgement latency.
+// JobLogSync observes the syncs of the job log, for BoltStoreOptions.SyncSeconds. It tells
+// a slow disk apart from other causes of slow acknowledgements.
 func (m *Metrics) JobLogSync() prometheus.Observer {
 	return m.jobLogSync
 }

@@ -133,9 +133,7 @@ func TestStreamReplayIsIdempotent(t *testing.T) {
 	if len(jobs) != 3 {
 		t.Errorf("got %d jobs; expected 3", len(jobs))
 	}
-	labels := pusher.labels()
-	slices.Sort(labels)
-	if !slices.Equal(labels, []string{"//:a", "//:b", "//:c"}) {
+	if labels := pusher.sortedLabels(); !slices.Equal(labels, []string{"//:a", "//:b", "//:c"}) {
 		t.Errorf("pushed %v; expected each of //:a, //:b, //:c once", labels)
 	}
 }

@@ -18,7 +18,7 @@ import (
 // events wait in Bazel's buffer instead of the server's memory.
 const maxUnacknowledged = 1024
 
-// jobWrites are the stores of the push jobs that one build event creates. They run in the
+// jobWrites are the writes of the push jobs that one build event creates. They run in the
 // background while the stream goes on with later events, so that the jobs of events in
 // a row share one sync of the job log. Only the acknowledgements wait for them.
 type jobWrites struct {
@@ -68,18 +68,13 @@ type streamState struct {
 	failed bool
 }
 
-// receivedEvent is an event as read from the stream, with the time it arrived.
-type receivedEvent struct {
-	ordered *buildpb.OrderedBuildEvent
-	at      time.Time
-}
-
 // pendingAck is a handled event that waits for its acknowledgement.
 type pendingAck struct {
-	event  receivedEvent
-	inv    *invocation
-	state  *streamState
-	writes *jobWrites
+	ordered  *buildpb.OrderedBuildEvent
+	received time.Time
+	inv      *invocation
+	state    *streamState
+	writes   *jobWrites
 }
 
 // serveStream handles the events of one stream in order as they arrive. An event with
@@ -119,8 +114,9 @@ read:
 		default:
 		}
 
-		event := receivedEvent{ordered: request.GetOrderedBuildEvent(), at: time.Now()}
-		streamID := event.ordered.GetStreamId()
+		ordered := request.GetOrderedBuildEvent()
+		received := time.Now()
+		streamID := ordered.GetStreamId()
 		if streamID.GetInvocationId() == "" {
 			streamErr = status.Error(codes.InvalidArgument, "build event has no stream id with an invocation id; the client must set ordered_build_event.stream_id")
 			break
@@ -128,8 +124,8 @@ read:
 		if inv == nil || inv.id != streamID.GetInvocationId() {
 			inv = s.invocation(streamID.GetInvocationId())
 		}
-		ack := pendingAck{event: event, inv: inv, state: state, writes: &jobWrites{}}
-		if err := s.handle(inv, state, event.ordered, ack.writes); err != nil {
+		ack := pendingAck{ordered: ordered, received: received, inv: inv, state: state, writes: &jobWrites{}}
+		if err := s.handle(inv, state, ordered, ack.writes); err != nil {
 			streamErr = err
 			break
 		}
@@ -186,13 +182,13 @@ func (s *Server) sendAcks(stream buildpb.PublishBuildEvent_PublishBuildToolEvent
 // sendAck sends the acknowledgement of ack's event.
 func (s *Server) sendAck(stream buildpb.PublishBuildEvent_PublishBuildToolEventStreamServer, ack pendingAck) error {
 	err := stream.Send(&buildpb.PublishBuildToolEventStreamResponse{
-		StreamId:       ack.event.ordered.GetStreamId(),
-		SequenceNumber: ack.event.ordered.GetSequenceNumber(),
+		StreamId:       ack.ordered.GetStreamId(),
+		SequenceNumber: ack.ordered.GetSequenceNumber(),
 	})
 	if err != nil {
 		return err
 	}
-	s.metrics.ackSeconds.Observe(time.Since(ack.event.at).Seconds())
+	s.metrics.ackSeconds.Observe(time.Since(ack.received).Seconds())
 	return nil
 }
 
@@ -200,7 +196,7 @@ func (s *Server) sendAck(stream buildpb.PublishBuildEvent_PublishBuildToolEventS
 func (s *Server) stored(ack pendingAck) {
 	ack.inv.mu.Lock()
 	defer ack.inv.mu.Unlock()
-	key := keyOf(ack.event.ordered)
+	key := keyOf(ack.ordered)
 	if ack.inv.unstored[key] == ack.writes {
 		delete(ack.inv.unstored, key)
 	}
@@ -214,7 +210,7 @@ func (s *Server) rewind(ack pendingAck) {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	ack.state.failed = true
-	key := keyOf(ack.event.ordered)
+	key := keyOf(ack.ordered)
 	if inv.lastSequence[key.component] >= key.sequence {
 		inv.lastSequence[key.component] = key.sequence - 1
 	}

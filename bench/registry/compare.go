@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 
 	"github.com/rulesimg/img/bench/internal/benchkit"
+	"github.com/rulesimg/img/internal/testpeer"
 )
 
 const (
@@ -27,31 +28,7 @@ func (b *bench) push() error {
 	s.setup = append(s.setup, fmt.Sprintf("layout: %d blobs, %d bytes (testpeer.WriteLayout, gzip with stored blocks)", len(layout.Blobs), benchkit.BlobsSize(layout)))
 	s.ratios = []ratioTarget{{"wall", imgRegistryName, distributionName, wallTime, 0.6, false}}
 
-	start := map[string]func(dir string) (*benchkit.Registry, error){
-		imgRegistryName: func(dir string) (*benchkit.Registry, error) { return benchkit.StartImgRegistry(b.img, dir, false) },
-		distributionName: func(dir string) (*benchkit.Registry, error) {
-			return benchkit.StartDistribution(b.tool("registry"), dir)
-		},
-	}
-	for run := 1; run <= b.runs; run++ {
-		for i := range s.order {
-			name := s.order[(run+i)%len(s.order)]
-			reg, err := start[name](filepath.Join(b.work, "push-registry"))
-			if err != nil {
-				return err
-			}
-			push := benchkit.Command{Args: []string{b.tool("crane"), "push", layout.Dir, reg.Addr + "/bench:latest", "--insecure"}}
-			err = b.run(s, name, run, push, benchkit.BlobsSize(layout), reg.PID())
-			if err == nil {
-				err = checkManifest(reg.Addr, layout)
-			}
-			reg.StopAndRemove()
-			if err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return b.cranePushRuns(s, layout, "push-registry")
 }
 
 // uploadRSS pushes one 2 GiB layer with crane into a fresh registry per run and records
@@ -69,10 +46,17 @@ func (b *bench) uploadRSS() error {
 	s.ratios = []ratioTarget{{"wall", imgRegistryName, distributionName, wallTime, 0, false}}
 	s.limits = []limitTarget{{imgRegistryName, "registry peak RSS", serverPeakRSS, 100 << 20, benchkit.FormatMiB}}
 
+	return b.cranePushRuns(s, layout, "rss-registry")
+}
+
+// cranePushRuns runs crane push of layout into a new img registry or distribution, as
+// s.order names them, per run and registry, with its storage in $WORK/dirName, and checks
+// the pushed manifest each time.
+func (b *bench) cranePushRuns(s *scenario, layout testpeer.LayoutInfo, dirName string) error {
 	for run := 1; run <= b.runs; run++ {
 		for i := range s.order {
 			name := s.order[(run+i)%len(s.order)]
-			dir := filepath.Join(b.work, "rss-registry")
+			dir := filepath.Join(b.work, dirName)
 			var reg *benchkit.Registry
 			var err error
 			if name == imgRegistryName {
